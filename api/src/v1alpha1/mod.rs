@@ -1,0 +1,1 @@
+//! kdps.io/v1alpha1 resource types.

@@ -1,0 +1,1 @@
+//! TPM access through tss-esapi.

@@ -1,0 +1,1 @@
+//! Per-device keys derived from enrollment-group keys (dps-protocol §2).

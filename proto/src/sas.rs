@@ -1,0 +1,1 @@
+//! DPS shared-access-signature tokens (dps-protocol §2).

@@ -1,0 +1,1 @@
+//! x509 attestation.

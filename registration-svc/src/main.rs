@@ -1,0 +1,2 @@
+//! kdps-registration binary.
+fn main() {}
