@@ -71,3 +71,34 @@ for check in "${CHECKS[@]}"; do
 done
 ((${#failed[@]} == 0)) || die "still unavailable after installing: ${failed[*]}"
 log "all test dependencies present"
+
+# ---------------------------------------------------------------------------------------------
+# Azure IoT SDK for Node (tests/tests/azure_sdk_node.rs): the unmodified npm packages pinned in
+# tests/azure-sdk/package-lock.json, installed into tests/azure-sdk/node_modules (gitignored).
+# Runs `npm ci` only when node_modules is missing or the lockfile changed since the last install.
+# Install scripts are skipped: the packages are plain JavaScript (tss.js's optional ffi/ref
+# native modules are only loaded on Windows and ship prebuilt binaries anyway).
+# ---------------------------------------------------------------------------------------------
+AZURE_SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/azure-sdk"
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to install npm"
+    SUDO=(sudo)
+  fi
+  log "npm missing; running: apt-get install -y npm"
+  "${SUDO[@]}" apt-get update -q || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends npm \
+    || die "apt-get install npm failed"
+fi
+lock_hash="$(sha256sum "$AZURE_SDK_DIR/package-lock.json" | cut -d' ' -f1)"
+stamp="$AZURE_SDK_DIR/node_modules/.kdps-lock-sha256"
+if [[ -d "$AZURE_SDK_DIR/node_modules" && -f "$stamp" && "$(cat "$stamp")" == "$lock_hash" ]]; then
+  log "azure-sdk npm packages: up to date"
+else
+  log "running: npm ci --prefix tests/azure-sdk"
+  npm ci --prefix "$AZURE_SDK_DIR" --ignore-scripts --no-audit --no-fund \
+    || die "npm ci failed in $AZURE_SDK_DIR"
+  printf '%s\n' "$lock_hash" >"$stamp"
+fi
+log "azure-sdk npm packages present"

@@ -14,7 +14,7 @@
 //!
 //! No message ever contains key material: key values are only described by their length.
 
-use std::{borrow::Cow, collections::BTreeSet, fmt, time::SystemTime};
+use std::{collections::BTreeSet, fmt, time::SystemTime};
 
 use k8s_openapi::{
     api::core::v1::Secret,
@@ -32,9 +32,9 @@ use crate::{
     names::{canonical_registration_id, is_dns1123_label},
     v1alpha1::{
         AllocationPolicy, CustomAllocation, EnrollmentGroup, EnrollmentSettings,
-        IndividualEnrollment, IoTHubLink, MAX_ID_LEN, MAX_IOT_HUBS, MAX_PEM_LEN,
-        MAX_ALLOCATION_WEIGHT, MIN_ALLOCATION_WEIGHT, ProvisioningService,
-        ProvisioningServiceSpec, SecretKeyRef, X509Certificates,
+        IndividualEnrollment, IoTHubLink, MAX_ALLOCATION_WEIGHT, MAX_ID_LEN, MAX_IOT_HUBS,
+        MAX_PEM_LEN, MIN_ALLOCATION_WEIGHT, ProvisioningService, ProvisioningServiceSpec,
+        SecretKeyRef, X509Certificates,
     },
 };
 
@@ -226,9 +226,7 @@ pub struct Problem {
 /// Reason and message for a `Ready=False` condition from a list of problems: the first
 /// problem's reason and every problem as `field: message`, joined with `; `.
 pub fn summarize(problems: &[Problem]) -> (Reason, String) {
-    let reason = problems
-        .first()
-        .map_or(Reason::InvalidField, |p| p.reason);
+    let reason = problems.first().map_or(Reason::InvalidField, |p| p.reason);
     let message = problems
         .iter()
         .map(ToString::to_string)
@@ -411,7 +409,12 @@ fn describe(cert: &ParsedCertificate<'_>) -> String {
     }
 }
 
-fn inspect(block: &Pem, usage: CertificateUse, now: i64, what: &str) -> Result<CertificateInfo, Invalid> {
+fn inspect(
+    block: &Pem,
+    usage: CertificateUse,
+    now: i64,
+    what: &str,
+) -> Result<CertificateInfo, Invalid> {
     let cert = block.parse_x509().map_err(|e| {
         Invalid::new(
             Reason::InvalidCertificate,
@@ -506,7 +509,10 @@ pub fn check_certificate(
     if pem.len() > MAX_PEM_LEN {
         return Err(Invalid::new(
             Reason::InvalidCertificate,
-            format!("{what} is {} bytes; at most {MAX_PEM_LEN} are allowed", pem.len()),
+            format!(
+                "{what} is {} bytes; at most {MAX_PEM_LEN} are allowed",
+                pem.len()
+            ),
         ));
     }
     let blocks = pem_certificates(pem, what)?;
@@ -528,7 +534,10 @@ pub fn check_ca_bundle(pem: &str, now: SystemTime) -> Result<Vec<CertificateInfo
     if pem.len() > MAX_PEM_LEN {
         return Err(Invalid::new(
             Reason::InvalidCertificate,
-            format!("CA bundle is {} bytes; at most {MAX_PEM_LEN} are allowed", pem.len()),
+            format!(
+                "CA bundle is {} bytes; at most {MAX_PEM_LEN} are allowed",
+                pem.len()
+            ),
         ));
     }
     let now = unix_seconds(now);
@@ -564,7 +573,10 @@ fn tpm_public(b64: &str, what: &str, reason: Reason) -> Result<kdps_proto::tpm::
     kdps_proto::tpm::Public::from_tpm2b(&bytes).map_err(|e| {
         Invalid::new(
             reason,
-            format!("{what} is not a valid TPM2B_PUBLIC ({} bytes): {e}", bytes.len()),
+            format!(
+                "{what} is not a valid TPM2B_PUBLIC ({} bytes): {e}",
+                bytes.len()
+            ),
         )
     })
 }
@@ -651,18 +663,18 @@ pub fn decode_symmetric_key(value: &[u8]) -> Result<SymmetricKey, Invalid> {
 
 /// The value of `key` in a Secret: `data` first, then `stringData` (which manifests loaded
 /// without an apiserver may still use).
-pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<Cow<'a, [u8]>> {
+pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
-        .map(|v| Cow::Borrowed(v.0.as_slice()))
+        .map(|v| v.0.as_slice())
         .or_else(|| {
             secret
                 .string_data
                 .as_ref()
                 .and_then(|d| d.get(key))
-                .map(|v| Cow::Borrowed(v.as_bytes()))
+                .map(|v| v.as_bytes())
         })
 }
 
@@ -680,16 +692,13 @@ pub fn validate_symmetric_key_secret(
             problems.push(
                 Invalid::new(
                     Reason::KeyNotFound,
-                    format!(
-                        "Secret {name:?} has no key {:?}",
-                        key_ref.primary_key_name
-                    ),
+                    format!("Secret {name:?} has no key {:?}", key_ref.primary_key_name),
                 )
                 .at("secretRef.primaryKeyName"),
             );
             None
         }
-        Some(v) => match decode_symmetric_key(&v) {
+        Some(v) => match decode_symmetric_key(v) {
             Ok(k) => Some(k),
             Err(e) => {
                 problems.push(
@@ -708,7 +717,7 @@ pub fn validate_symmetric_key_secret(
     };
     let secondary = match secret_value(secret, &key_ref.secondary_key_name) {
         None => None,
-        Some(v) => match decode_symmetric_key(&v) {
+        Some(v) => match decode_symmetric_key(v) {
             Ok(k) => Some(k),
             Err(e) => {
                 problems.push(
@@ -775,7 +784,14 @@ fn is_dns_name_lower(s: &str) -> bool {
 }
 
 fn check_secret_ref(problems: &mut Vec<Problem>, field: &str, r: &SecretKeyRef) {
-    check_len(problems, &format!("{field}.name"), &r.name, 1, 253, Reason::InvalidSecretRef);
+    check_len(
+        problems,
+        &format!("{field}.name"),
+        &r.name,
+        1,
+        253,
+        Reason::InvalidSecretRef,
+    );
     check_len(
         problems,
         &format!("{field}.primaryKeyName"),
@@ -821,7 +837,14 @@ pub fn check_custom_allocation(
     now: SystemTime,
 ) {
     let url_field = format!("{field}.webhookUrl");
-    if check_len(problems, &url_field, &ca.webhook_url, 1, 2048, Reason::InvalidCustomAllocation) {
+    if check_len(
+        problems,
+        &url_field,
+        &ca.webhook_url,
+        1,
+        2048,
+        Reason::InvalidCustomAllocation,
+    ) {
         match url::Url::parse(&ca.webhook_url) {
             Ok(u) if u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()) => {}
             Ok(u) => problems.push(
@@ -974,10 +997,14 @@ pub fn validate_individual_enrollment(
     }
 
     let att = &spec.attestation;
-    let set = [att.tpm.is_some(), att.x509.is_some(), att.symmetric_key.is_some()]
-        .into_iter()
-        .filter(|x| *x)
-        .count();
+    let set = [
+        att.tpm.is_some(),
+        att.x509.is_some(),
+        att.symmetric_key.is_some(),
+    ]
+    .into_iter()
+    .filter(|x| *x)
+    .count();
     if set != 1 {
         problems.push(
             Invalid::new(
@@ -1053,7 +1080,11 @@ pub fn validate_individual_enrollment(
         }
     }
     if let Some(sk) = &att.symmetric_key {
-        check_secret_ref(&mut problems, "spec.attestation.symmetricKey.secretRef", &sk.secret_ref);
+        check_secret_ref(
+            &mut problems,
+            "spec.attestation.symmetricKey.secretRef",
+            &sk.secret_ref,
+        );
     }
 
     check_settings(&mut problems, &spec.settings(), now);
@@ -1095,7 +1126,11 @@ pub fn validate_enrollment_group(
         );
     }
     if let Some(sk) = &att.symmetric_key {
-        check_secret_ref(&mut problems, "spec.attestation.symmetricKey.secretRef", &sk.secret_ref);
+        check_secret_ref(
+            &mut problems,
+            "spec.attestation.symmetricKey.secretRef",
+            &sk.secret_ref,
+        );
     }
     check_settings(&mut problems, &spec.settings(), now);
     into_result(problems)
@@ -1105,8 +1140,14 @@ pub fn validate_enrollment_group(
 pub fn validate_iot_hub_link(link: &IoTHubLink) -> Result<(), Vec<Problem>> {
     let spec = &link.spec;
     let mut problems = Vec::new();
-    if check_len(&mut problems, "spec.hostName", &spec.host_name, 1, 253, Reason::InvalidHostName)
-        && !is_host_name(&spec.host_name)
+    if check_len(
+        &mut problems,
+        "spec.hostName",
+        &spec.host_name,
+        1,
+        253,
+        Reason::InvalidHostName,
+    ) && !is_host_name(&spec.host_name)
     {
         problems.push(
             Invalid::new(
@@ -1163,7 +1204,14 @@ pub fn validate_provisioning_service(
     let spec = &service.spec;
     let mut problems = Vec::new();
     if let Some(scope) = &spec.id_scope
-        && check_len(&mut problems, "spec.idScope", scope, 4, 32, Reason::InvalidIdScope)
+        && check_len(
+            &mut problems,
+            "spec.idScope",
+            scope,
+            4,
+            32,
+            Reason::InvalidIdScope,
+        )
         && !scope.chars().all(|c| c.is_ascii_alphanumeric())
     {
         problems.push(
@@ -1184,7 +1232,14 @@ pub fn validate_provisioning_service(
         );
     }
     if let Some(image) = &spec.image {
-        check_len(&mut problems, "spec.image", image, 1, 1024, Reason::InvalidField);
+        check_len(
+            &mut problems,
+            "spec.image",
+            image,
+            1,
+            1024,
+            Reason::InvalidField,
+        );
     }
     if spec.allocation_policy == AllocationPolicy::Custom && spec.custom_allocation.is_none() {
         problems.push(
@@ -1211,7 +1266,10 @@ pub fn validate_provisioning_service(
         problems.push(
             Invalid::new(
                 Reason::InvalidEndpoint,
-                format!("lists {} names; at most 32 are allowed", spec.endpoint.dns_names.len()),
+                format!(
+                    "lists {} names; at most 32 are allowed",
+                    spec.endpoint.dns_names.len()
+                ),
             )
             .at("spec.endpoint.dnsNames"),
         );
@@ -1231,15 +1289,30 @@ pub fn validate_provisioning_service(
         }
     }
     if let Some(tls) = &spec.tls {
-        check_len(&mut problems, "spec.tls.secretName", &tls.secret_name, 1, 253, Reason::InvalidSecretRef);
+        check_len(
+            &mut problems,
+            "spec.tls.secretName",
+            &tls.secret_name,
+            1,
+            253,
+            Reason::InvalidSecretRef,
+        );
     }
-    if spec.rate_limits.per_device_per_minute.is_some_and(|n| n > 100_000) {
+    if spec
+        .rate_limits
+        .per_device_per_minute
+        .is_some_and(|n| n > 100_000)
+    {
         problems.push(
             Invalid::new(Reason::InvalidRateLimit, "must be at most 100000")
                 .at("spec.rateLimits.perDevicePerMinute"),
         );
     }
-    if spec.rate_limits.global_per_second.is_some_and(|n| n > 1_000_000) {
+    if spec
+        .rate_limits
+        .global_per_second
+        .is_some_and(|n| n > 1_000_000)
+    {
         problems.push(
             Invalid::new(Reason::InvalidRateLimit, "must be at most 1000000")
                 .at("spec.rateLimits.globalPerSecond"),
@@ -1249,7 +1322,10 @@ pub fn validate_provisioning_service(
         problems.push(
             Invalid::new(
                 Reason::InvalidRegion,
-                format!("lists {} regions; at most 64 are allowed", spec.regions.len()),
+                format!(
+                    "lists {} regions; at most 64 are allowed",
+                    spec.regions.len()
+                ),
             )
             .at("spec.regions"),
         );
@@ -1301,10 +1377,10 @@ pub fn validate_provisioning_service(
 
 /// Parsed region map of a ProvisioningService, for geo-latency allocation: the region of the
 /// most specific CIDR containing `addr`.
-pub fn region_for_address<'a>(
-    service: &'a ProvisioningServiceSpec,
+pub fn region_for_address(
+    service: &ProvisioningServiceSpec,
     addr: std::net::IpAddr,
-) -> Option<&'a str> {
+) -> Option<&str> {
     service
         .regions
         .iter()
@@ -1333,7 +1409,10 @@ pub fn validate_enrollment_references(
 ) -> Result<(), Vec<Problem>> {
     let mut problems = Vec::new();
     for (i, hub) in settings.iot_hubs.iter().enumerate() {
-        if !links.iter().any(|l| l.metadata.name.as_deref() == Some(hub)) {
+        if !links
+            .iter()
+            .any(|l| l.metadata.name.as_deref() == Some(hub))
+        {
             problems.push(
                 Invalid::new(
                     Reason::UnknownIoTHub,
@@ -1442,9 +1521,8 @@ fn walk_unknown(
         return;
     };
     let Some(schema) = props.get(key) else {
-        problems.push(
-            Invalid::new(Reason::UnknownField, format!("unknown field {key:?}")).at(path),
-        );
+        problems
+            .push(Invalid::new(Reason::UnknownField, format!("unknown field {key:?}")).at(path));
         return;
     };
     match value {

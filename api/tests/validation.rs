@@ -153,8 +153,8 @@ fn garbage_certificates_are_rejected() {
     let two = format!("{}{}", device.pem, root.pem);
     let key_pem = device.key.serialize_pem();
     let with_key = format!("{}{}", device.pem, key_pem);
-    let truncated: String = device.pem.lines().take(4).collect::<Vec<_>>().join("\n")
-        + "\n-----END CERTIFICATE-----\n";
+    let truncated: String =
+        device.pem.lines().take(4).collect::<Vec<_>>().join("\n") + "\n-----END CERTIFICATE-----\n";
     let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
     let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!not base64!!!!\n-----END CERTIFICATE-----\n";
     let too_big = "x".repeat(70_000);
@@ -169,12 +169,20 @@ fn garbage_certificates_are_rejected() {
         ("too big", too_big.as_str(), "at most"),
     ] {
         let e = check_certificate(pem, CertificateUse::Client, now()).unwrap_err();
-        assert_eq!(e.reason, Reason::InvalidCertificate, "{name}: {}", e.message);
+        assert_eq!(
+            e.reason,
+            Reason::InvalidCertificate,
+            "{name}: {}",
+            e.message
+        );
         assert!(e.message.contains(needle), "{name}: {}", e.message);
     }
     // Never echo key material.
     let e = check_certificate(&with_key, CertificateUse::Client, now()).unwrap_err();
-    let key_body: Vec<&str> = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_body: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     for line in key_body {
         assert!(!e.message.contains(line));
     }
@@ -205,7 +213,10 @@ fn thumbprints_match_openssl() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("root.pem");
     std::fs::write(&path, &root.pem).unwrap();
-    for (alg, expected) in [("-sha1", &info.sha1_thumbprint), ("-sha256", &info.sha256_thumbprint)] {
+    for (alg, expected) in [
+        ("-sha1", &info.sha1_thumbprint),
+        ("-sha256", &info.sha256_thumbprint),
+    ] {
         let out = Command::new("openssl")
             .args(["x509", "-noout", "-fingerprint", alg, "-in"])
             .arg(&path)
@@ -259,7 +270,9 @@ fn endorsement_keys() {
     let mut long = bytes.clone();
     long.push(0);
     assert_eq!(
-        check_endorsement_key(&b64.encode(&long)).unwrap_err().reason,
+        check_endorsement_key(&b64.encode(&long))
+            .unwrap_err()
+            .reason,
         Reason::InvalidEndorsementKey
     );
     // The EK is public data, but the message need not repeat it either.
@@ -397,11 +410,23 @@ fn individual_enrollment_symmetric_key() {
     assert!(ie.spec.reprovision_policy.update_hub_assignment);
     assert!(ie.spec.reprovision_policy.migrate_device_data);
     assert!(ie.is_enabled());
-    assert_eq!(ie.spec.attestation.symmetric_key.as_ref().unwrap().secret_ref.primary_key_name, "primaryKey");
+    assert_eq!(
+        ie.spec
+            .attestation
+            .symmetric_key
+            .as_ref()
+            .unwrap()
+            .secret_ref
+            .primary_key_name,
+        "primaryKey"
+    );
 
     let ie = ie_symmetric("  registrationId: Gateway_01.A\n  deviceId: GW-01\n");
     validate_individual_enrollment(&ie, now()).unwrap();
-    assert_eq!(ie.canonical_registration_id().as_deref(), Some("gateway_01.a"));
+    assert_eq!(
+        ie.canonical_registration_id().as_deref(),
+        Some("gateway_01.a")
+    );
     assert_eq!(ie.device_id().as_deref(), Some("GW-01"));
 }
 
@@ -514,7 +539,13 @@ fn individual_enrollment_rejections() {
         Reason::InvalidIoTHubs,
     );
     let mut ie = ie_symmetric("");
-    ie.spec.attestation.symmetric_key.as_mut().unwrap().secret_ref.name = String::new();
+    ie.spec
+        .attestation
+        .symmetric_key
+        .as_mut()
+        .unwrap()
+        .secret_ref
+        .name = String::new();
     assert_one(
         validate_individual_enrollment(&ie, now()),
         "spec.attestation.symmetricKey.secretRef.name",
@@ -538,7 +569,9 @@ fn individual_enrollment_attestation_count() {
     );
     assert!(p.message.contains("0 are"), "{}", p.message);
     let two = ie_attestation(
-        &format!("    tpm: {{endorsementKey: '{EK_RSA}'}}\n    symmetricKey: {{secretRef: {{name: k}}}}"),
+        &format!(
+            "    tpm: {{endorsementKey: '{EK_RSA}'}}\n    symmetricKey: {{secretRef: {{name: k}}}}"
+        ),
         "d1",
     );
     assert_one(
@@ -557,7 +590,10 @@ fn individual_enrollment_tpm() {
     validate_individual_enrollment(&ok, now()).unwrap();
     assert_one(
         validate_individual_enrollment(
-            &ie_attestation(&format!("    tpm: {{endorsementKey: '{EK_ECC}'}}"), "tpm-01"),
+            &ie_attestation(
+                &format!("    tpm: {{endorsementKey: '{EK_ECC}'}}"),
+                "tpm-01",
+            ),
             now(),
         ),
         "spec.attestation.tpm.endorsementKey",
@@ -653,7 +689,10 @@ fn eg_x509(primary: &str) -> EnrollmentGroup {
 #[test]
 fn enrollment_groups() {
     validate_enrollment_group(
-        &eg("    symmetricKey: {secretRef: {name: sensors-keys}}", "  iotHubs: [hub-west]\n"),
+        &eg(
+            "    symmetricKey: {secretRef: {name: sensors-keys}}",
+            "  iotHubs: [hub-west]\n",
+        ),
         now(),
     )
     .unwrap();
@@ -680,7 +719,10 @@ fn enrollment_groups() {
     );
     assert_one(
         validate_enrollment_group(
-            &eg("    symmetricKey: {secretRef: {name: k}}", "  allocationPolicy: custom\n"),
+            &eg(
+                "    symmetricKey: {secretRef: {name: k}}",
+                "  allocationPolicy: custom\n",
+            ),
             now(),
         ),
         "spec.customAllocation",
@@ -770,15 +812,51 @@ fn iot_hub_links() {
     .unwrap();
 
     for (spec, field, reason) in [
-        ("{hostName: 'hub_west', deviceNamespace: h}", "spec.hostName", Reason::InvalidHostName),
-        ("{hostName: 'hub.', deviceNamespace: h}", "spec.hostName", Reason::InvalidHostName),
-        ("{hostName: 'https://hub', deviceNamespace: h}", "spec.hostName", Reason::InvalidHostName),
-        ("{hostName: '', deviceNamespace: h}", "spec.hostName", Reason::InvalidHostName),
-        ("{hostName: h, deviceNamespace: Hub-West}", "spec.deviceNamespace", Reason::InvalidNamespace),
-        ("{hostName: h, deviceNamespace: ''}", "spec.deviceNamespace", Reason::InvalidNamespace),
-        ("{hostName: h, deviceNamespace: h, allocationWeight: 0}", "spec.allocationWeight", Reason::InvalidAllocationWeight),
-        ("{hostName: h, deviceNamespace: h, allocationWeight: 1001}", "spec.allocationWeight", Reason::InvalidAllocationWeight),
-        ("{hostName: h, deviceNamespace: h, region: West}", "spec.region", Reason::InvalidRegion),
+        (
+            "{hostName: 'hub_west', deviceNamespace: h}",
+            "spec.hostName",
+            Reason::InvalidHostName,
+        ),
+        (
+            "{hostName: 'hub.', deviceNamespace: h}",
+            "spec.hostName",
+            Reason::InvalidHostName,
+        ),
+        (
+            "{hostName: 'https://hub', deviceNamespace: h}",
+            "spec.hostName",
+            Reason::InvalidHostName,
+        ),
+        (
+            "{hostName: '', deviceNamespace: h}",
+            "spec.hostName",
+            Reason::InvalidHostName,
+        ),
+        (
+            "{hostName: h, deviceNamespace: Hub-West}",
+            "spec.deviceNamespace",
+            Reason::InvalidNamespace,
+        ),
+        (
+            "{hostName: h, deviceNamespace: ''}",
+            "spec.deviceNamespace",
+            Reason::InvalidNamespace,
+        ),
+        (
+            "{hostName: h, deviceNamespace: h, allocationWeight: 0}",
+            "spec.allocationWeight",
+            Reason::InvalidAllocationWeight,
+        ),
+        (
+            "{hostName: h, deviceNamespace: h, allocationWeight: 1001}",
+            "spec.allocationWeight",
+            Reason::InvalidAllocationWeight,
+        ),
+        (
+            "{hostName: h, deviceNamespace: h, region: West}",
+            "spec.region",
+            Reason::InvalidRegion,
+        ),
     ] {
         assert_one(validate_iot_hub_link(&link(spec)), field, reason);
     }
@@ -811,19 +889,67 @@ fn provisioning_services() {
         ("  idScope: '0ne-1'", "spec.idScope", Reason::InvalidIdScope),
         ("  idScope: 'ab'", "spec.idScope", Reason::InvalidIdScope),
         ("  replicas: 101", "spec.replicas", Reason::InvalidReplicas),
-        ("  allocationPolicy: custom", "spec.customAllocation", Reason::InvalidAllocationPolicy),
-        ("  customAllocation: {webhookUrl: 'ftp://x'}", "spec.customAllocation.webhookUrl", Reason::InvalidCustomAllocation),
-        ("  endpoint: {port: 0}", "spec.endpoint.port", Reason::InvalidEndpoint),
-        ("  endpoint: {dnsNames: [DPS.example.com]}", "spec.endpoint.dnsNames[0]", Reason::InvalidEndpoint),
-        ("  tls: {secretName: ''}", "spec.tls.secretName", Reason::InvalidSecretRef),
-        ("  rateLimits: {globalPerSecond: 2000000}", "spec.rateLimits.globalPerSecond", Reason::InvalidRateLimit),
-        ("  regions: [{name: west, cidrs: [10.0.0.0/33]}]", "spec.regions[0].cidrs[0]", Reason::InvalidRegion),
-        ("  regions: [{name: west, cidrs: [not-a-cidr]}]", "spec.regions[0].cidrs[0]", Reason::InvalidRegion),
-        ("  regions: [{name: west, cidrs: []}]", "spec.regions[0].cidrs", Reason::InvalidRegion),
-        ("  regions: [{name: West, cidrs: [10.0.0.0/8]}]", "spec.regions[0].name", Reason::InvalidRegion),
-        ("  regions: [{name: w, cidrs: [10.0.0.0/8]}, {name: w, cidrs: [11.0.0.0/8]}]", "spec.regions[1].name", Reason::InvalidRegion),
+        (
+            "  allocationPolicy: custom",
+            "spec.customAllocation",
+            Reason::InvalidAllocationPolicy,
+        ),
+        (
+            "  customAllocation: {webhookUrl: 'ftp://x'}",
+            "spec.customAllocation.webhookUrl",
+            Reason::InvalidCustomAllocation,
+        ),
+        (
+            "  endpoint: {port: 0}",
+            "spec.endpoint.port",
+            Reason::InvalidEndpoint,
+        ),
+        (
+            "  endpoint: {dnsNames: [DPS.example.com]}",
+            "spec.endpoint.dnsNames[0]",
+            Reason::InvalidEndpoint,
+        ),
+        (
+            "  tls: {secretName: ''}",
+            "spec.tls.secretName",
+            Reason::InvalidSecretRef,
+        ),
+        (
+            "  rateLimits: {globalPerSecond: 2000000}",
+            "spec.rateLimits.globalPerSecond",
+            Reason::InvalidRateLimit,
+        ),
+        (
+            "  regions: [{name: west, cidrs: [10.0.0.0/33]}]",
+            "spec.regions[0].cidrs[0]",
+            Reason::InvalidRegion,
+        ),
+        (
+            "  regions: [{name: west, cidrs: [not-a-cidr]}]",
+            "spec.regions[0].cidrs[0]",
+            Reason::InvalidRegion,
+        ),
+        (
+            "  regions: [{name: west, cidrs: []}]",
+            "spec.regions[0].cidrs",
+            Reason::InvalidRegion,
+        ),
+        (
+            "  regions: [{name: West, cidrs: [10.0.0.0/8]}]",
+            "spec.regions[0].name",
+            Reason::InvalidRegion,
+        ),
+        (
+            "  regions: [{name: w, cidrs: [10.0.0.0/8]}, {name: w, cidrs: [11.0.0.0/8]}]",
+            "spec.regions[1].name",
+            Reason::InvalidRegion,
+        ),
     ] {
-        assert_one(validate_provisioning_service(&service(spec), now()), field, reason);
+        assert_one(
+            validate_provisioning_service(&service(spec), now()),
+            field,
+            reason,
+        );
     }
 }
 
@@ -876,18 +1002,26 @@ fn enrollment_references() {
         Reason::InvalidAllocationPolicy,
     );
     custom_default.custom_allocation =
-        service("  customAllocation: {webhookUrl: 'https://a.example/x'}").spec.custom_allocation;
+        service("  customAllocation: {webhookUrl: 'https://a.example/x'}")
+            .spec
+            .custom_allocation;
     validate_enrollment_references(&ie.spec.settings(), Some(&custom_default), &links).unwrap();
 }
 
 #[test]
 fn link_references() {
     let svc = service("  regions: [{name: west, cidrs: [10.0.0.0/8]}]").spec;
-    validate_link_references(&link("{hostName: h, deviceNamespace: h, region: west}"), Some(&svc))
-        .unwrap();
+    validate_link_references(
+        &link("{hostName: h, deviceNamespace: h, region: west}"),
+        Some(&svc),
+    )
+    .unwrap();
     validate_link_references(&link("{hostName: h, deviceNamespace: h}"), None).unwrap();
     assert_one(
-        validate_link_references(&link("{hostName: h, deviceNamespace: h, region: east}"), Some(&svc)),
+        validate_link_references(
+            &link("{hostName: h, deviceNamespace: h, region: east}"),
+            Some(&svc),
+        ),
         "spec.region",
         Reason::UnknownRegion,
     );
@@ -908,7 +1042,10 @@ fn summaries_and_reasons() {
     let mut seen = std::collections::BTreeSet::new();
     for r in Reason::ALL {
         let s = r.as_str();
-        assert!(s.chars().next().unwrap().is_ascii_uppercase() && s.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert!(
+            s.chars().next().unwrap().is_ascii_uppercase()
+                && s.chars().all(|c| c.is_ascii_alphanumeric())
+        );
         assert!(seen.insert(s), "duplicate {s}");
         assert_eq!(r.to_string(), s);
     }

@@ -176,9 +176,12 @@ impl std::fmt::Debug for ProvisioningClient {
 }
 
 /// What one round trip ended with.
-enum Step {
-    Done(pb::RegistrationState),
-    Pending { operation_id: String, retry_after: Duration },
+pub(crate) enum Step {
+    Done(Box<pb::RegistrationState>),
+    Pending {
+        operation_id: String,
+        retry_after: Duration,
+    },
     #[cfg_attr(not(feature = "tpm"), allow(dead_code))]
     Challenge(Vec<u8>),
 }
@@ -192,11 +195,6 @@ impl ProvisioningClient {
         }
         if opts.registration_id.trim().is_empty() {
             return Err(DeviceError::Config("the registration ID is empty".into()));
-        }
-        if opts.protocol == Protocol::Https {
-            return Err(DeviceError::Config(
-                "--protocol https is not available in this build yet; use grpc".into(),
-            ));
         }
         let tls_roots = Arc::new(load_roots(opts.ca_cert.as_deref())?);
         Ok(Self {
@@ -247,7 +245,7 @@ impl ProvisioningClient {
         let mut polls = 0u32;
         loop {
             match step {
-                Step::Done(state) => return finish(state).map_err(Retry::Fatal),
+                Step::Done(state) => return finish(*state).map_err(Retry::Fatal),
                 Step::Challenge(_) => {
                     return Err(Retry::Fatal(DeviceError::Protocol(
                         "the service sent a TPM challenge to a non-TPM device, or a second challenge"
@@ -273,10 +271,18 @@ impl ProvisioningClient {
     }
 
     /// Opens a new TLS connection and an HTTP/2 gRPC channel on it.
-    async fn connect(
-        &self,
-    ) -> Result<pb::registration_service_client::RegistrationServiceClient<tonic::transport::Channel>, Retry>
-    {
+    async fn connect(&self) -> Result<Transport, Retry> {
+        if self.opts.protocol == Protocol::Https {
+            // reqwest opens (and pools) the TLS connections itself.
+            let config = self.tls_config().map_err(Retry::Fatal)?;
+            return Ok(Transport::Https(crate::https::HttpsTransport::new(
+                &self.opts.endpoint,
+                &self.host,
+                self.port,
+                config,
+                self.opts.call_timeout,
+            )?));
+        }
         let endpoint_str = self.opts.endpoint.clone();
         let reach = |reason: String| {
             Retry::After(
@@ -288,10 +294,11 @@ impl ProvisioningClient {
             )
         };
         let timeout = self.opts.call_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| reach(format!("connect timed out after {timeout:?}")))?
-            .map_err(|e| reach(e.to_string()))?;
+        let tcp =
+            tokio::time::timeout(timeout, TcpStream::connect((self.host.as_str(), self.port)))
+                .await
+                .map_err(|_| reach(format!("connect timed out after {timeout:?}")))?
+                .map_err(|e| reach(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let config = self.tls_config().map_err(Retry::Fatal)?;
         let server_name = ServerName::try_from(self.host.clone()).map_err(|_| {
@@ -326,10 +333,10 @@ impl ProvisioningClient {
         .connect_with_connector(connector)
         .await
         .map_err(|e| reach(format!("HTTP/2 setup failed: {e}")))?;
-        Ok(
+        Ok(Transport::Grpc(
             pb::registration_service_client::RegistrationServiceClient::new(channel)
                 .max_decoding_message_size(1 << 20),
-        )
+        ))
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig, DeviceError> {
@@ -341,7 +348,9 @@ impl ProvisioningClient {
         let mut config = match &self.opts.credential {
             Credential::X509(id) => builder
                 .with_client_auth_cert(id.chain().to_vec(), id.key().clone_key())
-                .map_err(|e| DeviceError::Config(format!("the X.509 identity is not usable: {e}")))?,
+                .map_err(|e| {
+                    DeviceError::Config(format!("the X.509 identity is not usable: {e}"))
+                })?,
             _ => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -351,17 +360,15 @@ impl ProvisioningClient {
     fn attestation(&mut self, tpm_token: Option<String>) -> Result<pb::Attestation, DeviceError> {
         use pb::attestation::Mechanism;
         let mechanism = match &self.opts.credential {
-            Credential::SymmetricKey(key) => {
-                Mechanism::SymmetricKey(pb::SymmetricKeyAttestation {
-                    sas_token: crate::sas::registration_token(
-                        &self.opts.id_scope,
-                        &self.opts.registration_id,
-                        key,
-                        SAS_TTL,
-                        SystemTime::now(),
-                    ),
-                })
-            }
+            Credential::SymmetricKey(key) => Mechanism::SymmetricKey(pb::SymmetricKeyAttestation {
+                sas_token: crate::sas::registration_token(
+                    &self.opts.id_scope,
+                    &self.opts.registration_id,
+                    key,
+                    SAS_TTL,
+                    SystemTime::now(),
+                ),
+            }),
             Credential::X509(_) => Mechanism::X509(pb::X509Attestation {}),
             #[cfg(feature = "tpm")]
             Credential::Tpm(_) => {
@@ -404,12 +411,23 @@ impl ProvisioningClient {
 
     async fn call_register(
         &mut self,
-        rpc: &mut pb::registration_service_client::RegistrationServiceClient<
-            tonic::transport::Channel,
-        >,
+        rpc: &mut Transport,
         tpm_token: Option<String>,
     ) -> Result<Step, Retry> {
         let attestation = self.attestation(tpm_token).map_err(Retry::Fatal)?;
+        let rpc = match rpc {
+            Transport::Grpc(rpc) => rpc,
+            Transport::Https(https) => {
+                return https
+                    .register(
+                        &self.opts.id_scope,
+                        &self.opts.registration_id,
+                        &attestation,
+                        self.opts.payload.as_ref(),
+                    )
+                    .await;
+            }
+        };
         let request = pb::RegisterRequest {
             id_scope: self.opts.id_scope.clone(),
             registration_id: self.opts.registration_id.clone(),
@@ -429,7 +447,7 @@ impl ProvisioningClient {
             .into_inner();
         use pb::register_response::Result as R;
         match response.result {
-            Some(R::Assignment(state)) => Ok(Step::Done(state)),
+            Some(R::Assignment(state)) => Ok(Step::Done(Box::new(state))),
             Some(R::Pending(p)) => Ok(pending(p)),
             Some(R::TpmChallenge(c)) => Ok(Step::Challenge(c.authentication_key)),
             None => Err(Retry::Fatal(DeviceError::Protocol(
@@ -438,14 +456,21 @@ impl ProvisioningClient {
         }
     }
 
-    async fn call_poll(
-        &mut self,
-        rpc: &mut pb::registration_service_client::RegistrationServiceClient<
-            tonic::transport::Channel,
-        >,
-        operation_id: &str,
-    ) -> Result<Step, Retry> {
+    async fn call_poll(&mut self, rpc: &mut Transport, operation_id: &str) -> Result<Step, Retry> {
         let attestation = self.attestation(None).map_err(Retry::Fatal)?;
+        let rpc = match rpc {
+            Transport::Grpc(rpc) => rpc,
+            Transport::Https(https) => {
+                return https
+                    .poll(
+                        &self.opts.id_scope,
+                        &self.opts.registration_id,
+                        operation_id,
+                        &attestation,
+                    )
+                    .await;
+            }
+        };
         let mut request = tonic::Request::new(pb::GetOperationStatusRequest {
             id_scope: self.opts.id_scope.clone(),
             registration_id: self.opts.registration_id.clone(),
@@ -460,7 +485,7 @@ impl ProvisioningClient {
             .into_inner();
         use pb::get_operation_status_response::Result as R;
         match response.result {
-            Some(R::Assignment(state)) => Ok(Step::Done(state)),
+            Some(R::Assignment(state)) => Ok(Step::Done(Box::new(state))),
             Some(R::Pending(p)) => Ok(pending(p)),
             None => Err(Retry::Fatal(DeviceError::Protocol(
                 "empty GetOperationStatus response".into(),
@@ -469,8 +494,14 @@ impl ProvisioningClient {
     }
 }
 
+/// The connection a registration runs over.
+enum Transport {
+    Grpc(pb::registration_service_client::RegistrationServiceClient<tonic::transport::Channel>),
+    Https(crate::https::HttpsTransport),
+}
+
 /// Whether an error is worth another attempt, and how long to wait at least.
-enum Retry {
+pub(crate) enum Retry {
     Fatal(DeviceError),
     After(DeviceError, Duration),
 }
@@ -614,7 +645,7 @@ fn classify_status(endpoint: &str, status: tonic::Status) -> Retry {
     }
 }
 
-fn find_rustls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn find_rustls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
@@ -626,18 +657,19 @@ fn find_rustls_error(err: &(dyn std::error::Error + 'static)) -> Option<String> 
 }
 
 fn classify_tls_error(endpoint: &str, e: std::io::Error) -> Retry {
-    if let Some(inner) = e.get_ref() {
-        if let Some(r) = inner.downcast_ref::<rustls::Error>() {
-            return match r {
-                rustls::Error::InvalidCertificate(c) => Retry::Fatal(
-                    DeviceError::ServerNotTrusted(format!("invalid server certificate: {c:?}")),
-                ),
-                rustls::Error::AlertReceived(a) => Retry::Fatal(DeviceError::Unauthorized(
-                    format!("the server rejected the TLS handshake ({a:?})"),
-                )),
-                other => Retry::Fatal(DeviceError::ServerNotTrusted(other.to_string())),
-            };
-        }
+    if let Some(r) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return match r {
+            rustls::Error::InvalidCertificate(c) => Retry::Fatal(DeviceError::ServerNotTrusted(
+                format!("invalid server certificate: {c:?}"),
+            )),
+            rustls::Error::AlertReceived(a) => Retry::Fatal(DeviceError::Unauthorized(format!(
+                "the server rejected the TLS handshake ({a:?})"
+            ))),
+            other => Retry::Fatal(DeviceError::ServerNotTrusted(other.to_string())),
+        };
     }
     Retry::After(
         DeviceError::CannotReach {
@@ -750,7 +782,13 @@ mod tests {
             parse_endpoint("https://[::1]:9000/").unwrap(),
             ("::1".into(), 9000)
         );
-        for bad in ["http://x:1", "https://", "https://h:port", "https://[::1", "x"] {
+        for bad in [
+            "http://x:1",
+            "https://",
+            "https://h:port",
+            "https://[::1",
+            "x",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod https;
 pub mod sas;
 #[cfg(feature = "tpm")]
 pub mod tpm;

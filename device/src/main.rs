@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Register this device and print the assignment as JSON.
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// TPM utilities.
     #[command(subcommand)]
     Tpm(TpmCommand),
@@ -82,10 +82,17 @@ struct RegisterArgs {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+// The struct's own group only requires a credential (--key belongs to it too); the arguments'
+// `group = "cred"` makes them mutually exclusive (an implicit group allows one member).
+#[group(required = true, multiple = true)]
 struct CredentialArgs {
     /// Symmetric key (base64): an individual enrollment's key, or an already derived key.
-    #[arg(long, env = "KDPS_SYMMETRIC_KEY", hide_env_values = true, group = "cred")]
+    #[arg(
+        long,
+        env = "KDPS_SYMMETRIC_KEY",
+        hide_env_values = true,
+        group = "cred"
+    )]
     symmetric_key: Option<String>,
     /// Enrollment-group key (base64); the device key is derived from it and the registration ID.
     #[arg(long, env = "KDPS_GROUP_KEY", hide_env_values = true, group = "cred")]
@@ -122,7 +129,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Register(args) => runtime.block_on(register(args)),
+        Command::Register(args) => runtime.block_on(register(*args)),
         Command::Tpm(TpmCommand::EndorsementKey { tpm }) => endorsement_key(&tpm),
     };
     match result {
@@ -165,7 +172,9 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         device_key = Some(key.clone());
         Credential::SymmetricKey(key)
     } else if let (Some(cert), Some(key)) = (c.cert, c.key) {
-        Credential::X509(kdps_device::x509::X509Identity::from_pem_files(&cert, &key)?)
+        Credential::X509(kdps_device::x509::X509Identity::from_pem_files(
+            &cert, &key,
+        )?)
     } else if let Some(tcti) = c.tpm {
         tpm_credential(tcti)?
     } else {

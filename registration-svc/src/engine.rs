@@ -95,7 +95,7 @@ struct Operation {
 
 enum OperationState {
     Running,
-    Done(Result<RegisterOutcome, BackendError>),
+    Done(Box<Result<RegisterOutcome, BackendError>>),
 }
 
 /// The result of finding and attesting the enrollment.
@@ -206,7 +206,7 @@ impl Engine {
                 .run_registration(catalog, registration_id, request, peer)
                 .await;
             if let Some(entry) = lock(&engine.operations).get_mut(&op) {
-                entry.state = OperationState::Done(result.clone());
+                entry.state = OperationState::Done(Box::new(result.clone()));
             }
             result
         });
@@ -271,7 +271,7 @@ impl Engine {
                     );
                     continue;
                 }
-                Err(Failure::Registry(e)) if matches!(e, RegistryError::Conflict { .. }) => {
+                Err(Failure::Registry(RegistryError::Conflict { .. })) => {
                     return Err(BackendError::Conflict(
                         "the device is being registered concurrently; retry".into(),
                     ));
@@ -868,18 +868,18 @@ impl Engine {
                 ))
             })?;
         match &op.state {
+            OperationState::Done(result) => match result.as_ref() {
+                Ok(RegisterOutcome::Done(state)) => Ok(OperationOutcome::Done(state.clone())),
+                Ok(other) => Err(BackendError::Internal(format!(
+                    "operation ended with {other:?}, which cannot be polled"
+                ))),
+                Err(e) => Err(e.clone()),
+            },
             OperationState::Running => Ok(OperationOutcome::Pending(PendingOperation {
                 operation_id: request.operation_id.clone(),
                 retry_after: self.config.poll_interval,
                 status: RegistrationStatus::Assigning,
             })),
-            OperationState::Done(Ok(RegisterOutcome::Done(state))) => {
-                Ok(OperationOutcome::Done(state.clone()))
-            }
-            OperationState::Done(Ok(other)) => Err(BackendError::Internal(format!(
-                "operation ended with {other:?}, which cannot be polled"
-            ))),
-            OperationState::Done(Err(e)) => Err(e.clone()),
         }
     }
 

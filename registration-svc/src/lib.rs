@@ -4,6 +4,7 @@ pub mod admin_api;
 pub mod allocation;
 pub mod attestation;
 pub mod catalog;
+pub mod dps_https;
 pub mod engine;
 pub mod manifests;
 pub mod metrics;

@@ -390,6 +390,9 @@ pub async fn run(
     };
     let tls_config = tls::server_config(identity)?;
 
+    // Fingerprint before loading: a file changed while we load is then seen as a change by
+    // the watcher instead of being missed until the next edit.
+    let fingerprint = manifests::fingerprint(&config.manifests).ok();
     let loaded = load(
         &config.manifests,
         config.namespace.as_deref(),
@@ -406,7 +409,14 @@ pub async fn run(
         config.engine.clone(),
     ));
     let (metrics_registry, metrics) = Metrics::with_new_registry();
-    let api = DeviceApi::new(Arc::new(engine.clone()), metrics.clone(), &config.limits)?;
+    let backend = Arc::new(engine.clone());
+    let api = DeviceApi::new(backend.clone(), metrics.clone(), &config.limits)?.merge(
+        crate::dps_https::routes(
+            backend,
+            metrics.clone(),
+            crate::dps_https::DpsHttpsConfig::from_limits(&config.limits),
+        ),
+    );
     let device = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| crate::server::ServerError::Listen {
@@ -427,6 +437,7 @@ pub async fn run(
 
     let reload = tokio::spawn(watch_manifests(
         config.manifests.clone(),
+        fingerprint,
         config.namespace.clone(),
         config.reload_interval,
         catalog_tx,
@@ -452,13 +463,13 @@ pub async fn run(
 /// longer yields a usable configuration keeps the last good one serving.
 async fn watch_manifests(
     dir: PathBuf,
+    mut last: Option<Vec<(PathBuf, u64, Option<SystemTime>)>>,
     namespace: Option<String>,
     interval: Duration,
     tx: watch::Sender<Option<Arc<Catalog>>>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    let mut last = manifests::fingerprint(&dir).ok();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

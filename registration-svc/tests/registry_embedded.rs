@@ -216,7 +216,8 @@ async fn racing_writers_exactly_one_wins() {
 async fn inconsistent_writes_are_refused_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&dir);
-    let cases: Vec<(&str, Box<dyn Fn(&mut IdentityWrite)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut IdentityWrite)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "namespace",
             Box::new(|w| w.device.namespace = "elsewhere".into()),

@@ -207,7 +207,10 @@ async fn slow_registration_answers_pending_before_the_client_deadline_and_can_be
     let started = Instant::now();
     // The client gives up after 1 s: an answer means the server answered before that.
     let response = h.client.register(request).await.unwrap().into_inner();
-    assert!(started.elapsed() >= Duration::from_millis(800), "waited for the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "waited for the deadline"
+    );
     let pending = match response.result {
         Some(RegisterResult::Pending(p)) => p,
         other => panic!("expected pending, got {other:?}"),

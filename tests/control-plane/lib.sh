@@ -43,6 +43,7 @@ cp_version_ge() {
 
 CP_RUN="$(realpath -m -- "${KDPS_CP_DIR:-$KDPS_CACHE/cp-run}")"
 # Stop order; start order is the reverse.
+# shellcheck disable=SC2034 # used by up, down and smoke
 CP_PROCS=(kube-controller-manager kube-apiserver etcd)
 
 # cp_pid NAME: prints the PID of this run dir's NAME process when it is alive, else fails.
@@ -95,8 +96,9 @@ cp_require_openssl() {
   [[ $(id -u) == 0 ]] || sudo=(sudo -n)
   if command -v apt-get >/dev/null 2>&1; then
     cp_log "installing the openssl CLI (apt-get install openssl)"
-    "${sudo[@]}" apt-get update -qq >&2 && "${sudo[@]}" apt-get install -y -qq openssl >&2 \
-      || cp_die "could not install openssl with apt-get; install the openssl CLI and re-run"
+    if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq openssl; } >&2; then
+      cp_die "could not install openssl with apt-get; install the openssl CLI and re-run"
+    fi
   else
     cp_die "the openssl CLI is missing and there is no apt-get to install it; install openssl and re-run"
   fi

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pki;
+#[path = "../../device/tests/support/swtpm.rs"]
+pub mod swtpm;
+pub mod webhook;
+
 /// Path of a workspace binary (next to the test executable's `deps/` folder).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -61,7 +66,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     // The admin server may answer chunked; de-chunk simply.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -112,6 +120,24 @@ impl Standalone {
             child: None,
             dir,
             port: free_port(),
+            admin_port: free_port(),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like [`Standalone::start_with`] with the device port fixed to `port` instead of a free
+    /// one: 443 for clients that always dial it (the Azure Node SDK's HTTP transport). Ports
+    /// below 1024 need root; the caller serializes tests that share a fixed port.
+    pub fn start_on(manifests: &str, port: u16, extra_args: &[&str]) -> Standalone {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+        std::fs::write(dir.path().join("manifests/service.yaml"), manifests).unwrap();
+        let mut s = Standalone {
+            child: None,
+            dir,
+            port,
             admin_port: free_port(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
         };
@@ -202,10 +228,24 @@ impl Standalone {
         }
     }
 
-    /// Replaces a manifest file and waits until the service logged a reload.
+    /// Replaces a manifest file and waits until the service logged a reload. The file is
+    /// written under a hidden name and renamed, so the service never reads half of it.
     pub fn write_manifest(&self, name: &str, yaml: &str) {
         let before = self.log().matches("manifests changed; reloaded").count();
-        std::fs::write(self.manifests_dir().join(name), yaml).unwrap();
+        let tmp = self.manifests_dir().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.manifests_dir().join(name)).unwrap();
+        self.wait_reload(before, name);
+    }
+
+    /// Deletes a manifest file and waits until the service logged a reload.
+    pub fn remove_manifest(&self, name: &str) {
+        let before = self.log().matches("manifests changed; reloaded").count();
+        std::fs::remove_file(self.manifests_dir().join(name)).unwrap();
+        self.wait_reload(before, name);
+    }
+
+    fn wait_reload(&self, before: usize, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.log().matches("manifests changed; reloaded").count() == before {
             assert!(
@@ -259,6 +299,32 @@ impl Standalone {
                 Some(n) => after = Some(n.to_owned()),
                 None => return out,
             }
+        }
+    }
+
+    /// Options for an in-process registration ([`kdps_device::client::ProvisioningClient`])
+    /// against this service: gRPC, this service's CA, a short retry back-off.
+    pub fn options(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        credential: kdps_device::client::Credential,
+    ) -> kdps_device::client::RegisterOptions {
+        kdps_device::client::RegisterOptions {
+            endpoint: self.endpoint(),
+            id_scope: id_scope.to_owned(),
+            registration_id: registration_id.to_owned(),
+            ca_cert: Some(self.ca()),
+            credential,
+            payload: None,
+            protocol: kdps_device::client::Protocol::Grpc,
+            retry: kdps_device::client::RetryPolicy {
+                max_attempts: 8,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(2),
+                max_polls: 60,
+            },
+            call_timeout: Duration::from_secs(60),
         }
     }
 
@@ -320,9 +386,8 @@ impl DeviceRun {
             self.stdout,
             self.stderr
         );
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("kdps-device printed no JSON ({e}):\n{}", self.stdout)
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("kdps-device printed no JSON ({e}):\n{}", self.stdout))
     }
 
     /// Asserts failure with `code` and an error message containing `needle`.
@@ -360,4 +425,31 @@ pub fn kdps_device(args: &[&str]) -> DeviceRun {
 /// Path to a file in the repository (tests run with the package folder as CWD).
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// Registers every device in `devices` in-process (real TLS connections to the real service,
+/// one per device), at most `concurrency` at a time; results in input order.
+pub async fn register_all(
+    devices: Vec<kdps_device::client::RegisterOptions>,
+    concurrency: usize,
+) -> Vec<Result<kdps_device::client::RegistrationResult, kdps_device::error::DeviceError>> {
+    use futures::StreamExt as _;
+    futures::stream::iter(devices)
+        .map(|opts| async move {
+            kdps_device::client::ProvisioningClient::new(opts)?
+                .register()
+                .await
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// A multi-threaded tokio runtime for in-process clients in synchronous tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }

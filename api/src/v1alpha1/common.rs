@@ -203,7 +203,7 @@ pub struct CustomAllocation {
     pub ca_bundle: Option<String>,
     /// Seconds to wait for the webhook before the registration fails.
     #[serde(default = "default_webhook_timeout")]
-    #[schemars(range(min = 1, max = 60))]
+    #[schemars(range(min = 1, max = 60), extend("format" = "int32"))]
     pub timeout_seconds: u32,
     /// DPS API version whose AllocationRequest schema the webhook expects
     /// (`customAllocationDefinition.apiVersion`); defaults to `2021-10-01`.
@@ -217,6 +217,11 @@ fn default_webhook_timeout() -> u32 {
 }
 
 impl CustomAllocation {
+    /// The webhook timeout (at least one second).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.timeout_seconds.max(1)))
+    }
+
     /// The API version to present to the webhook.
     pub fn effective_api_version(&self) -> &str {
         self.api_version
@@ -356,7 +361,10 @@ pub struct EnrollmentSettings<'a> {
 
 impl<'a> EnrollmentSettings<'a> {
     /// The allocation policy in force: the enrollment's own, else the service default.
-    pub fn effective_allocation_policy(&self, service_default: AllocationPolicy) -> AllocationPolicy {
+    pub fn effective_allocation_policy(
+        &self,
+        service_default: AllocationPolicy,
+    ) -> AllocationPolicy {
         self.allocation_policy.unwrap_or(service_default)
     }
 

@@ -10,6 +10,8 @@ use crate::names::device_object_name;
 /// A device identity on a hub, written by the registration service into the IoTHubLink's
 /// `deviceNamespace`: device ID, authentication, capabilities, twin and a back-reference to
 /// the registration.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",
@@ -23,11 +25,28 @@ use crate::names::device_object_name;
     doc = "A device identity on an IoT hub, in the hub link's device namespace.",
     printcolumn(name = "Device ID", type_ = "string", json_path = ".spec.deviceId"),
     printcolumn(name = "Hub", type_ = "string", json_path = ".spec.hub.hostName"),
-    printcolumn(name = "Auth", type_ = "string", json_path = ".spec.authentication.type"),
+    printcolumn(
+        name = "Auth",
+        type_ = "string",
+        json_path = ".spec.authentication.type"
+    ),
     printcolumn(name = "Status", type_ = "string", json_path = ".spec.status"),
-    printcolumn(name = "Edge", type_ = "boolean", json_path = ".spec.capabilities.iotEdge"),
-    printcolumn(name = "Registration", type_ = "string", priority = 1, json_path = ".spec.registrationRef.registrationId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Edge",
+        type_ = "boolean",
+        json_path = ".spec.capabilities.iotEdge"
+    ),
+    printcolumn(
+        name = "Registration",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.registrationRef.registrationId"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSpec {

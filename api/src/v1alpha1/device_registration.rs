@@ -17,6 +17,8 @@ use crate::names::{canonical_registration_id, registration_object_name};
 
 /// The registration record of one registration ID, written only by the registration service:
 /// which enrollment admitted the device, where it was assigned, and the outcome.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",
@@ -29,14 +31,40 @@ use crate::names::{canonical_registration_id, registration_object_name};
     shortname = "dreg",
     category = "kdps",
     doc = "The registration record of one registration ID, written by the registration service (one object per device, never one per attempt).",
-    printcolumn(name = "Registration ID", type_ = "string", json_path = ".spec.registrationId"),
+    printcolumn(
+        name = "Registration ID",
+        type_ = "string",
+        json_path = ".spec.registrationId"
+    ),
     printcolumn(name = "Status", type_ = "string", json_path = ".spec.status"),
-    printcolumn(name = "Substatus", type_ = "string", priority = 1, json_path = ".spec.substatus"),
-    printcolumn(name = "Assigned Hub", type_ = "string", json_path = ".spec.assignedHub"),
+    printcolumn(
+        name = "Substatus",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.substatus"
+    ),
+    printcolumn(
+        name = "Assigned Hub",
+        type_ = "string",
+        json_path = ".spec.assignedHub"
+    ),
     printcolumn(name = "Device ID", type_ = "string", json_path = ".spec.deviceId"),
-    printcolumn(name = "Enrollment", type_ = "string", json_path = ".spec.enrollment.name"),
-    printcolumn(name = "Attestation", type_ = "string", priority = 1, json_path = ".spec.attestationType"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Enrollment",
+        type_ = "string",
+        json_path = ".spec.enrollment.name"
+    ),
+    printcolumn(
+        name = "Attestation",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.attestationType"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = (
     "self.status != 'assigned' || (has(self.assignedHub) && has(self.deviceId))",

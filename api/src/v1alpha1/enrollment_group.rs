@@ -13,6 +13,8 @@ use super::common::{
 /// An enrollment for a group of devices: every device whose certificate chains to one of the
 /// group's signing certificates, or whose key is derived from the group key. Each device
 /// registers with its own registration ID, which also becomes its device ID.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",
@@ -25,13 +27,42 @@ use super::common::{
     shortname = "eg",
     category = "kdps",
     doc = "An enrollment for a group of devices sharing an X.509 signing certificate or a symmetric group key.",
-    printcolumn(name = "Attestation", type_ = "string", json_path = ".status.attestationType"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".spec.provisioningStatus"),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.allocationPolicy"),
-    printcolumn(name = "Registrations", type_ = "integer", json_path = ".status.registrationCount"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Attestation",
+        type_ = "string",
+        json_path = ".status.attestationType"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".spec.provisioningStatus"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.allocationPolicy"
+    ),
+    printcolumn(
+        name = "Registrations",
+        type_ = "integer",
+        json_path = ".status.registrationCount"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = (
     "!has(self.allocationPolicy) || self.allocationPolicy != 'static' || (has(self.iotHubs) && size(self.iotHubs) == 1)",

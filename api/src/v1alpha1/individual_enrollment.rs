@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     AllocationPolicy, AttestationType, Capabilities, Condition, CustomAllocation,
-    EnrollmentSettings, ID_CEL, ID_CEL_MESSAGE, InitialTwin, ProvisioningStatus,
-    ReprovisionPolicy, SymmetricKeyAttestation, X509Certificates,
+    EnrollmentSettings, ID_CEL, ID_CEL_MESSAGE, InitialTwin, ProvisioningStatus, ReprovisionPolicy,
+    SymmetricKeyAttestation, X509Certificates,
 };
 use crate::names::canonical_registration_id;
 
 /// An enrollment for a single device. The device registers with `registrationId` (default:
 /// the object name) and is attested with exactly one of `tpm`, `x509` or `symmetricKey`.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",

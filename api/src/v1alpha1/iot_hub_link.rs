@@ -15,6 +15,8 @@ pub const MAX_ALLOCATION_WEIGHT: i32 = 1000;
 
 /// A linked IoT hub: devices assigned to it are told `hostName`, and their identities (Device
 /// objects and key Secrets) are written to `deviceNamespace`.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",
@@ -28,14 +30,39 @@ pub const MAX_ALLOCATION_WEIGHT: i32 = 1000;
     category = "kdps",
     doc = "A linked IoT hub that the ProvisioningService in this namespace can assign devices to.",
     printcolumn(name = "Host", type_ = "string", json_path = ".spec.hostName"),
-    printcolumn(name = "Device Namespace", type_ = "string", json_path = ".spec.deviceNamespace"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".spec.allocationWeight"),
-    printcolumn(name = "Apply", type_ = "boolean", json_path = ".spec.applyAllocationPolicy"),
+    printcolumn(
+        name = "Device Namespace",
+        type_ = "string",
+        json_path = ".spec.deviceNamespace"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".spec.allocationWeight"
+    ),
+    printcolumn(
+        name = "Apply",
+        type_ = "boolean",
+        json_path = ".spec.applyAllocationPolicy"
+    ),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Devices", type_ = "integer", json_path = ".status.deviceCount"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IoTHubLinkSpec {

@@ -17,6 +17,8 @@ pub const DEFAULT_PER_DEVICE_PER_MINUTE: u32 = 30;
 /// A kdps registration service: the operator runs it as a Deployment and Service in this
 /// namespace. The IoTHubLinks and enrollments in the same namespace belong to it; one
 /// ProvisioningService per namespace.
+// clippy takes the repeated `type_ = ...` of the printcolumn entries for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kdps.io",
@@ -29,13 +31,34 @@ pub const DEFAULT_PER_DEVICE_PER_MINUTE: u32 = 30;
     shortname = "provsvc",
     category = "kdps",
     doc = "A kdps registration service (a self-hosted Device Provisioning Service instance); one per namespace.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "ID Scope", type_ = "string", json_path = ".status.idScope"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.allocationPolicy"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Reason", type_ = "string", priority = 1, json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.allocationPolicy"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = (
     "!has(self.allocationPolicy) || self.allocationPolicy != 'custom' || has(self.customAllocation)",
@@ -170,12 +193,13 @@ pub struct RateLimits {
     /// Requests (registrations and status polls) one registration ID may make per minute.
     /// Unset means 30; 0 means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 100000))]
+    // `int32`: Kubernetes does not know the `uint32` format schemars would emit.
+    #[schemars(range(max = 100000), extend("format" = "int32"))]
     pub per_device_per_minute: Option<u32>,
     /// Registrations the whole service (each replica) accepts per second. Unset or 0 means
     /// unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 1000000))]
+    #[schemars(range(max = 1000000), extend("format" = "int32"))]
     pub global_per_second: Option<u32>,
 }
 

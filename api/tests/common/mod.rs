@@ -136,4 +136,5 @@ pub const SRK_RSA: &str = "ARoAAQALAAMAcgAAAAYAgABDABAIAAAAAAABAKH28D3/M7kHM2fpM
 pub const SIGNING_KEY_RSA: &str = "ARgAAQALAAQAcgAAABAAFAALCAAAAAAAAQC8OTfGwyI5w8pCjaxxPI8Bk+lVEycpGwZcIHEY4kS/UQiwo5oC0LUPTbhfsB2ObrN6fGKpqTJZNXBxY6zpCG3XcpmP8QfbS0gEm6AOLy4NmPHCmX+iIJftBsJc8I3iu+sXVCdUEjfVN52E2Rmz1enRF0LwRjItMfLjT7s50aLw6kqJjyxXAdJR/kJgg4bkt0dkOazi4aQuIs9Vvuu6lf9bJtL167oLErjBCnpoMYZy4ZeP1PixcdwE3V6Hdaln2aO8X1ft5pppD3thbtxtPSsrGjcUTGJ0x80SFDDEj4KLt1bjzhnybTMpX3A023gVlEc9IN/6dzLuKzlhNb4lPzcx";
 
 /// Random-looking but fixed 64-byte test key, base64.
-pub const KEY_64: &str = "i5ajF7ohNASCnSxIOzQD5/Z5SB8i3H+SLY1/SJi1ReBSqb4efXkljASmlZMdpGGcecYv4JRTPHO95hu9UmorEQ==";
+pub const KEY_64: &str =
+    "i5ajF7ohNASCnSxIOzQD5/Z5SB8i3H+SLY1/SJi1ReBSqb4efXkljASmlZMdpGGcecYv4JRTPHO95hu9UmorEQ==";

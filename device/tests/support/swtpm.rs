@@ -70,10 +70,13 @@ impl Swtpm {
                 .spawn();
             let child = match spawned {
                 Ok(child) => child,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    panic!("swtpm is not installed ({e}): {INSTALL_HINT}")
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        panic!("swtpm is not installed ({e}): {INSTALL_HINT}")
+                    }
+                    panic!("cannot start swtpm: {e}")
                 }
-                Err(e) => panic!("cannot start swtpm: {e}"),
             };
             let mut tpm = Swtpm {
                 child,

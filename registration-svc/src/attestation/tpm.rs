@@ -312,7 +312,8 @@ impl TpmChallenges {
     }
 
     /// Builds a challenge for a device whose request carries `request_ek` / `request_srk`
-    /// (base64 `TPM2B_PUBLIC`) and whose enrollment holds `enrolled_ek`.
+    /// (base64 `TPM2B_PUBLIC`) and whose enrollment holds `enrolled_ek` (base64), and
+    /// remembers its key for `registration_id`.
     ///
     /// A request EK that is not the enrolled key gets no challenge
     /// ([`TpmAttestationError::EndorsementKeyMismatch`]). `now` is Unix seconds.
@@ -374,6 +375,8 @@ impl TpmChallenges {
     /// Checks, in order: the request EK (if the body carries one) is the enrolled key; the
     /// token's key name, resource and expiry (`se + skew >= now`); then that its signature
     /// verifies with an unexpired challenge key issued to this registration for this EK.
+    /// `request_ek` is the body's `tpm.endorsementKey` (base64), if it has one.
+    #[allow(clippy::too_many_arguments)]
     pub fn verify(
         &self,
         id_scope: &str,

@@ -55,6 +55,10 @@ use super::{
 /// File name of the store inside the `--data` directory.
 pub const DEFAULT_FILE_NAME: &str = "registry.redb";
 
+/// Default page-cache bound: 64 MiB (redb's own default is 1 GiB, which alone would break
+/// the 512 MiB memory target for a million devices).
+pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+
 const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -65,9 +69,11 @@ const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secr
 /// Tuning of the embedded store.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
-    /// redb page-cache size in bytes; `None` keeps redb's default (1 GiB upper bound, grown
-    /// on demand).
-    pub cache_size: Option<usize>,
+    /// Upper bound of redb's page cache (read cache plus write buffer) in bytes; default
+    /// [`DEFAULT_CACHE_SIZE`]. redb reads the file with `pread`, so pages that fall out of
+    /// this cache are usually still in the OS page cache, which does not count against the
+    /// process's memory.
+    pub cache_size: usize,
     /// fsync every commit (default `true`). `false` uses `Durability::None`: commits survive a
     /// process crash only if a later durable commit follows, and are lost on power loss —
     /// only for benchmarks and throwaway stores.
@@ -81,12 +87,27 @@ pub struct EmbeddedOptions {
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
-            cache_size: None,
+            cache_size: DEFAULT_CACHE_SIZE,
             durable: true,
             max_batch: 256,
             queue_depth: 4096,
         }
     }
+}
+
+/// Space accounting of an [`EmbeddedRegistry`] (see redb's `DatabaseStats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Size of the file on disk.
+    pub file_bytes: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+    /// Bytes of B-tree structure (branch pages, per-page headers).
+    pub metadata_bytes: u64,
+    /// Bytes allocated in pages but unused (slack inside partly filled pages).
+    pub fragmented_bytes: u64,
+    /// Height of the tallest B-tree.
+    pub tree_height: u32,
 }
 
 /// The redb-backed [`Registry`]. Cheap to share behind an `Arc`; dropping it waits for the
@@ -156,9 +177,7 @@ impl EmbeddedRegistry {
         let path = path.as_ref().to_path_buf();
         create_private_file(&path)?;
         let mut builder = Database::builder();
-        if let Some(bytes) = options.cache_size {
-            builder.set_cache_size(bytes);
-        }
+        builder.set_cache_size(options.cache_size);
         let db = builder.create(&path).map_err(|e| RegistryError::Storage {
             operation: "open",
             message: format!("{}: {e}", path.display()),
@@ -184,6 +203,29 @@ impl EmbeddedRegistry {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Space accounting of the store (for metrics and `docs/storage.md`). Briefly takes the
+    /// write lock, between two group commits.
+    pub async fn stats(&self) -> Result<StoreStats, RegistryError> {
+        let db = Arc::clone(&self.db);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let op = "stats";
+            let file_bytes = std::fs::metadata(&path).map_err(|e| storage(op)(&e))?.len();
+            let txn = st!(op, db.begin_write())?;
+            let stats = st!(op, txn.stats())?;
+            st!(op, txn.abort())?;
+            Ok(StoreStats {
+                file_bytes,
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+                tree_height: stats.tree_height(),
+            })
+        })
+        .await
+        .map_err(|e| storage("stats")(&e))?
     }
 
     fn submit(&self, op: WriteOp) -> BoxFuture<'_, Result<RegistrationRecord, RegistryError>> {

@@ -44,7 +44,6 @@ use std::pin::Pin;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// A boxed, `Send` future, the return type of every [`Registry`] method.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -184,80 +183,18 @@ impl RegistryError {
 
 /// The registration ID as registries store and compare it: DPS registration IDs are
 /// case-insensitive, kdps keys them in ASCII lower case.
-pub fn canonical_registration_id(registration_id: &str) -> String {
-    registration_id.to_ascii_lowercase()
-}
+pub use kdps_api::names::canonical_registration_id;
 
-/// A deterministic Kubernetes object name (DNS-1123 subdomain) for an ID.
-///
-/// An ID that already is a valid name (lower case, `[a-z0-9.-]`, starting and ending with an
-/// alphanumeric, dot-separated parts likewise, at most 253 characters) is used as is. Any
-/// other ID — upper case, `_`, `:`, other punctuation, too long — is mapped to lower case
-/// with every other character (dots included) replaced by `-`, truncated, and suffixed with 16 hex digits of its SHA-256, so IDs that differ only in
-/// case or punctuation still get different names. Objects also carry the real ID in a field.
+/// A deterministic Kubernetes object name (DNS-1123 subdomain) for a device ID; see
+/// [`kdps_api::names::device_object_name`] (one naming scheme for both backends and the API).
 pub fn object_name(id: &str) -> String {
-    if is_dns1123_subdomain(id) {
-        return id.to_owned();
-    }
-    let mut base: String = id
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '-' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .take(200)
-        .collect();
-    let trimmed_len = base
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-        .len();
-    base.truncate(trimmed_len);
-    let base = base.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
-    let digest = Sha256::digest(id.as_bytes());
-    let suffix = hex::encode(digest.get(..8).unwrap_or_default());
-    if base.is_empty() {
-        format!("id-{suffix}")
-    } else {
-        format!("{base}-{suffix}")
-    }
+    kdps_api::names::device_object_name(id)
 }
 
-/// The deterministic name of a device's key Secret in its device namespace:
-/// `kdps-device-` + [`object_name`] of the device ID (prefixed so it cannot collide with the
-/// namespace's other Secrets).
+/// The deterministic name of a device's key Secret in its device namespace; see
+/// [`kdps_api::names::device_key_secret_name`].
 pub fn device_secret_name(device_id: &str) -> String {
-    let name = object_name(device_id);
-    if name.len() <= 253 - 12 {
-        format!("kdps-device-{name}")
-    } else {
-        // Long IDs: the hashed form is at most 217 characters, so it always fits.
-        let digest = Sha256::digest(device_id.as_bytes());
-        format!(
-            "kdps-device-id-{}",
-            hex::encode(digest.get(..8).unwrap_or_default())
-        )
-    }
-}
-
-fn is_dns1123_subdomain(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 253
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-        && s.split('.').all(|label| {
-            label
-                .as_bytes()
-                .first()
-                .is_some_and(u8::is_ascii_alphanumeric)
-                && label
-                    .as_bytes()
-                    .last()
-                    .is_some_and(u8::is_ascii_alphanumeric)
-        })
+    kdps_api::names::device_key_secret_name(device_id)
 }
 
 /// Which kind of enrollment admitted a device.
@@ -742,13 +679,13 @@ mod tests {
             "$edgeHub",
         ] {
             let name = object_name(id);
-            assert!(is_dns1123_subdomain(&name), "{id} -> {name}");
+            assert!(kdps_api::names::is_dns1123_subdomain(&name), "{id} -> {name}");
             assert_eq!(name, object_name(id), "deterministic");
             let secret = device_secret_name(id);
-            assert!(is_dns1123_subdomain(&secret), "{id} -> {secret}");
+            assert!(kdps_api::names::is_dns1123_subdomain(&secret), "{id} -> {secret}");
         }
         assert_ne!(object_name("dev:1"), object_name("dev_1"));
-        assert_eq!(device_secret_name("gw"), "kdps-device-gw");
+        assert_eq!(device_secret_name("gw"), "gw-keys");
     }
 
     #[test]

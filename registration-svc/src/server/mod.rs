@@ -33,7 +33,7 @@ pub use backend::{
 };
 pub use grpc::GrpcFrontend;
 pub use listener::{HttpVersion, serve_connection, serve_tls};
-pub use router::{DeviceApi, follow_readiness};
+pub use router::{DeviceApi, dps_error_response, follow_readiness};
 
 use crate::metrics::Metrics;
 
