@@ -29,7 +29,9 @@ pub enum DeviceError {
         message: String,
     },
     /// The service kept throttling us until we gave up.
-    #[error("throttled: the service asked to retry after {retry_after:?}; gave up after {attempts} attempts")]
+    #[error(
+        "throttled: the service asked to retry after {retry_after:?}; gave up after {attempts} attempts"
+    )]
     Throttled {
         /// The last retry-after the service sent.
         retry_after: Duration,

@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, fmt};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use x509_parser::{

@@ -154,6 +154,24 @@ impl Engine {
         guard.1.clone()
     }
 
+    /// The configuration, and the request's canonical registration ID once the ID scope and ID
+    /// are valid and `limiter` lets the request through.
+    fn accept(
+        &self,
+        limiter: &RateLimiter,
+        id_scope: &str,
+        registration_id: &str,
+    ) -> Result<(Arc<Catalog>, String), BackendError> {
+        let catalog = self.catalog()?;
+        let registration_id = check_request(&catalog, id_scope, registration_id)?;
+        limiter
+            .check(&registration_id)
+            .map_err(|r| BackendError::Throttled {
+                retry_after: Duration::from_secs(r.retry_after_secs()),
+            })?;
+        Ok((catalog, registration_id))
+    }
+
     fn device_lock(&self, registration_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = lock(&self.device_locks);
         if locks.len() > 10_000 {
@@ -178,12 +196,9 @@ impl Engine {
         peer: PeerInfo,
     ) -> Result<RegisterOutcome, BackendError> {
         let catalog = self.catalog()?;
-        let registration_id = check_request(&catalog, &request.id_scope, &request.registration_id)?;
-        self.limiter(&catalog)
-            .check(&registration_id)
-            .map_err(|r| BackendError::Throttled {
-                retry_after: Duration::from_secs(r.retry_after_secs()),
-            })?;
+        let limiter = self.limiter(&catalog);
+        let (catalog, registration_id) =
+            self.accept(&limiter, &request.id_scope, &request.registration_id)?;
         self.expire_operations();
 
         let operation_id = new_operation_id();
@@ -847,13 +862,11 @@ impl Engine {
         &self,
         request: OperationStatusRequest,
     ) -> Result<OperationOutcome, BackendError> {
-        let catalog = self.catalog()?;
-        let registration_id = check_request(&catalog, &request.id_scope, &request.registration_id)?;
-        self.poll_limiter
-            .check(&registration_id)
-            .map_err(|r| BackendError::Throttled {
-                retry_after: Duration::from_secs(r.retry_after_secs()),
-            })?;
+        let (_, registration_id) = self.accept(
+            &self.poll_limiter,
+            &request.id_scope,
+            &request.registration_id,
+        )?;
         let ops = lock(&self.operations);
         // The operation id is a 128-bit random value bound to the registration ID and scope.
         let op = ops
@@ -890,13 +903,11 @@ impl Engine {
         request: RegistrationStateRequest,
         peer: PeerInfo,
     ) -> Result<RegistrationState, BackendError> {
-        let catalog = self.catalog()?;
-        let registration_id = check_request(&catalog, &request.id_scope, &request.registration_id)?;
-        self.poll_limiter
-            .check(&registration_id)
-            .map_err(|r| BackendError::Throttled {
-                retry_after: Duration::from_secs(r.retry_after_secs()),
-            })?;
+        let (catalog, registration_id) = self.accept(
+            &self.poll_limiter,
+            &request.id_scope,
+            &request.registration_id,
+        )?;
         let as_register = RegisterRequest {
             id_scope: request.id_scope,
             registration_id: request.registration_id,
@@ -998,16 +1009,7 @@ fn attestation_error(e: AttestationError) -> BackendError {
 }
 
 fn tpm_error(e: tpm::TpmAttestationError) -> BackendError {
-    match e.grpc_code() {
-        tonic::Code::InvalidArgument => BackendError::InvalidArgument(e.to_string()),
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            BackendError::Unauthorized {
-                message: e.to_string(),
-                dps_code: Some(e.dps_error_code()),
-            }
-        }
-        _ => BackendError::Internal(e.to_string()),
-    }
+    attestation_error(AttestationError::Tpm(e))
 }
 
 fn attestation_name(kind: registry::AttestationType) -> &'static str {

@@ -6,6 +6,7 @@ pub mod attestation;
 pub mod catalog;
 pub mod dps_https;
 pub mod engine;
+pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod ratelimit;

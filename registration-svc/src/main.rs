@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kdps_registration::engine::EngineConfig;
+use kdps_registration::kube::ServeConfig;
 use kdps_registration::server::Limits;
 use kdps_registration::standalone::{self, StandaloneConfig};
 use tokio_util::sync::CancellationToken;
@@ -55,7 +56,7 @@ enum Command {
     /// Run from a folder of YAML manifests with an embedded store (no cluster needed).
     Standalone(StandaloneArgs),
     /// Run in a cluster with the Kubernetes store.
-    Serve,
+    Serve(ServeArgs),
     /// List registrations or devices of a running service (through its admin port).
     List {
         /// What to list.
@@ -107,6 +108,38 @@ struct StandaloneArgs {
     /// Seconds between checks of the manifest folder.
     #[arg(long, default_value_t = 1)]
     reload_seconds: u64,
+    /// Seconds of clock skew allowed on SAS token expiry.
+    #[arg(long, default_value_t = 300)]
+    clock_skew_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Namespace of the ProvisioningService to serve (its links, enrollments and their
+    /// Secrets; DeviceRegistrations are written there).
+    #[arg(long, env = "KDPS_NAMESPACE")]
+    namespace: String,
+    /// Name of the ProvisioningService; optional when the namespace has exactly one.
+    #[arg(long, env = "KDPS_SERVICE_NAME")]
+    service_name: Option<String>,
+    /// Device port (gRPC and DPS HTTPS over TLS).
+    #[arg(long, env = "KDPS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Admin port (plain HTTP): /metrics, /healthz, /readyz, /registrations, /devices.
+    #[arg(long, env = "KDPS_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    admin_listen: SocketAddr,
+    /// Serving certificate chain (PEM), e.g. the tls.crt of a kubernetes.io/tls Secret.
+    #[arg(long, env = "KDPS_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "KDPS_TLS_KEY")]
+    tls_key: PathBuf,
+    /// Field manager of every server-side apply.
+    #[arg(long, env = "KDPS_FIELD_MANAGER", default_value = kdps_registration::kube::DEFAULT_FIELD_MANAGER)]
+    field_manager: String,
+    /// Seconds between re-reads of each Secret an enrollment references (key rotation).
+    #[arg(long, env = "KDPS_SECRET_REFRESH_SECONDS", default_value_t = 30)]
+    secret_refresh_seconds: u64,
     /// Seconds of clock skew allowed on SAS token expiry.
     #[arg(long, default_value_t = 300)]
     clock_skew_seconds: u64,
@@ -171,9 +204,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
             standalone::run(config, shutdown).await?;
             Ok(())
         }
-        Command::Serve => anyhow::bail!(
-            "the Kubernetes store is not available in this build yet; use `kdps-registration standalone`"
-        ),
+        Command::Serve(args) => {
+            let ServeArgs {
+                namespace,
+                service_name,
+                listen,
+                admin_listen,
+                tls_cert,
+                tls_key,
+                field_manager,
+                secret_refresh_seconds,
+                clock_skew_seconds,
+            } = args;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let config = ServeConfig {
+                namespace,
+                service_name,
+                listen,
+                admin_listen,
+                tls_cert,
+                tls_key,
+                field_manager,
+                secret_refresh: Duration::from_secs(secret_refresh_seconds.max(1)),
+                engine: EngineConfig {
+                    clock_skew: Duration::from_secs(clock_skew_seconds),
+                    ..EngineConfig::default()
+                },
+                limits: Limits::default(),
+            };
+            kdps_registration::kube::run(config, shutdown).await?;
+            Ok(())
+        }
         Command::List {
             what,
             admin,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod k8s;
 pub mod pki;
 #[path = "../../device/tests/support/swtpm.rs"]
 pub mod swtpm;

@@ -6,7 +6,7 @@
 //! `quote(safe="")` without `skn`, azure-sdk-for-c `%2f`, azure-iot-sdk-c `URL_EncodeString` with
 //! the `UserAgent` header and URL-encoded path segments, the docs' parameter order); a body on
 //! GET; `payload: null`; api-versions; bad `skn`; expired token; unknown ID scope; 429 with
-//! `Retry-After`; 202 + operation polling; terminal `disabled` and `failed`; the registration
+//! `Retry-After` (registrations and polls); 202 + operation polling; terminal `disabled` and `failed`; the registration
 //! status lookup; X.509 from the TLS client certificate; the TPM two-step flow (401 challenge,
 //! SAS signed with the imported key, `tpm.authenticationKey` on assignment).
 #![allow(clippy::unwrap_used)]
@@ -683,6 +683,18 @@ fn raw_dps_requests_of_every_sdk() {
         assert_dps_error(&throttled, 429, 429_000);
         let retry: u64 = throttled.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=60).contains(&retry), "retry-after {retry}");
+
+        // --- Polls are limited as DPS documents: 5 per 10 s per device. ---
+        let pid = "poll-limit";
+        let ph = [("authorization", token(&group(pid), pid, SrEncoding::Raw, Some("registration"), se))];
+        let poll_path = format!("/{SCOPE}/registrations/{pid}/operations/kdps.unknown?api-version=2019-03-31");
+        for _ in 0..5 {
+            let resp = client.send(Version::H2, "GET", &poll_path, &as_refs(&ph), None).await;
+            assert_dps_error(&resp, 404, 404_000);
+        }
+        let resp = client.send(Version::H2, "GET", &poll_path, &as_refs(&ph), None).await;
+        assert_dps_error(&resp, 429, 429_000);
+        assert!(resp.header("retry-after").is_some_and(|r| r.parse::<u64>().is_ok_and(|r| r >= 1)));
 
         // --- X.509 from the TLS client certificate, no Authorization. ---
         let x509_client = client.with_certificate(&x509);

@@ -225,6 +225,12 @@ fn geo_latency_assigns_the_hub_of_the_client_region() {
     let ids: Vec<String> = (0..10).map(|i| format!("geo-east-{i:02}")).collect();
     let hubs = register_many(&svc, &ids);
     assert!(hubs.iter().all(|h| h == "hub-far.example.com"), "{hubs:?}");
+    // A device registered before the change is re-provisioned to its new region's hub.
+    let out = svc
+        .register(SCOPE, "geo-cli", &["--group-key", GROUP_KEY])
+        .json();
+    assert_eq!(out["assignedHub"], "hub-far.example.com");
+    assert_eq!(out["substatus"], "deviceDataMigrated");
 
     // An address in no region falls back to weighted hashing over all links.
     svc.write_manifest(

@@ -124,7 +124,7 @@ fn another_tpm_cannot_use_an_enrolled_registration_id() {
     );
     // The other TPM presents its own EK for the enrolled registration ID: refused.
     svc.register(SCOPE, &registration_id, &["--tpm", &other.tcti()])
-        .assert_error(3, "unauthorized");
+        .assert_error(3, "TPM endorsement key does not match the enrollment");
     assert!(svc.registrations().is_empty());
     assert!(svc.devices().is_empty());
     // The enrolled TPM works.

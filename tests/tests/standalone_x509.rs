@@ -142,7 +142,11 @@ fn individual_enrollment_admits_exactly_its_certificate() {
 fn group_signed_by_a_root_ca_admits_devices_presenting_their_intermediate() {
     let root = Ca::root("kdps test root CA");
     let intermediate = root.intermediate("kdps test intermediate CA");
-    let svc = Standalone::start(&(base() + &group("fleet-root", root.pem())));
+    // x509-dev-03 is blocked by a disabled individual enrollment (for another certificate).
+    let blocked_cert = Leaf::self_signed("x509-dev-03");
+    let blocked = individual("x509-dev-03", &blocked_cert.cert_pem)
+        .replace("spec:\n", "spec:\n  provisioningStatus: disabled\n");
+    let svc = Standalone::start(&(base() + &group("fleet-root", root.pem()) + &blocked));
     let dir = tempfile::tempdir().unwrap();
 
     let leaf = intermediate.leaf("x509-dev-01");
@@ -174,8 +178,14 @@ fn group_signed_by_a_root_ca_admits_devices_presenting_their_intermediate() {
         .json();
     assert_eq!(out["enrollmentGroupId"], "fleet-root");
 
+    // The group would admit x509-dev-03, but its disabled individual enrollment wins.
+    let (chain3, _, key3) = intermediate.leaf("x509-dev-03").write(dir.path(), "dev3");
+    svc.register(SCOPE, "x509-dev-03", &cert_args(&chain3, &key3))
+        .assert_error(4, "disabled");
+
     let devices = svc.devices();
     assert_eq!(devices.len(), 2);
+    assert_eq!(svc.registrations().len(), 2);
     for d in &devices {
         assert!(
             d["authentication"].get("certificateAuthority").is_some(),

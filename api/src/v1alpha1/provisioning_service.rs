@@ -160,6 +160,11 @@ pub struct ServiceEndpoint {
         "every entry must be a lower-case DNS name (a leading '*.' wildcard is allowed)"
     ))]
     pub dns_names: Vec<String>,
+    /// Fixed node port for serviceType NodePort or LoadBalancer (e.g. 30443, so a kind
+    /// cluster can map it to the host); chosen by Kubernetes when unset. Ignored for ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub node_port: Option<i32>,
 }
 
 impl Default for ServiceEndpoint {
@@ -168,6 +173,7 @@ impl Default for ServiceEndpoint {
             service_type: ServiceType::default(),
             port: DEFAULT_PORT,
             dns_names: Vec::new(),
+            node_port: None,
         }
     }
 }

@@ -26,16 +26,16 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Secret;
-use kdps_api::v1alpha1::{EnrollmentGroup, IndividualEnrollment, IoTHubLink, ProvisioningService};
-use kdps_api::validation;
 use ::kube::api::{Api, ListParams};
 use ::kube::core::DeserializeGuard;
 use ::kube::runtime::reflector::{self, Store};
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::{WatchStreamExt as _, reflector as reflect_stream};
 use ::kube::{Client, Resource, ResourceExt as _};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kdps_api::v1alpha1::{EnrollmentGroup, IndividualEnrollment, IoTHubLink, ProvisioningService};
+use kdps_api::validation;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -140,7 +140,10 @@ impl Objects {
         }
         meta(&mut h, "ProvisioningService", &self.services);
         for s in &self.services {
-            s.status.as_ref().and_then(|st| st.id_scope.as_ref()).hash(&mut h);
+            s.status
+                .as_ref()
+                .and_then(|st| st.id_scope.as_ref())
+                .hash(&mut h);
         }
         meta(&mut h, "IoTHubLink", &self.links);
         meta(&mut h, "IndividualEnrollment", &self.individuals);
@@ -181,7 +184,7 @@ pub fn build(
     now: SystemTime,
 ) -> Built {
     let mut problems = objects.undecodable.clone();
-    let mut report = |problems: &mut Vec<Problem>, object: String, p: &[validation::Problem]| {
+    let report = |problems: &mut Vec<Problem>, object: String, p: &[validation::Problem]| {
         problems.push(Problem {
             object,
             reason: validation::summarize(p).1,
@@ -447,7 +450,13 @@ fn reflect<K>(
     impl std::future::Future<Output = ()> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = reflect_stream(
@@ -540,10 +549,8 @@ pub async fn run(
 ) {
     let ns = settings.namespace.as_str();
     let changed = Arc::new(Notify::new());
-    let (services, drive_services) = reflect::<ProvisioningService>(
-        Api::namespaced(client.clone(), ns),
-        changed.clone(),
-    );
+    let (services, drive_services) =
+        reflect::<ProvisioningService>(Api::namespaced(client.clone(), ns), changed.clone());
     let (links, drive_links) =
         reflect::<IoTHubLink>(Api::namespaced(client.clone(), ns), changed.clone());
     let (individuals, drive_individuals) =
@@ -730,7 +737,13 @@ mod tests {
             object: "EnrollmentGroup iot/broken".into(),
             reason: "cannot be decoded".into(),
         });
-        let built = build("iot", None, &o, &secrets(&["fleet-keys"]), SystemTime::now());
+        let built = build(
+            "iot",
+            None,
+            &o,
+            &secrets(&["fleet-keys"]),
+            SystemTime::now(),
+        );
         let c = built.catalog.unwrap();
         assert_eq!(c.links.len(), 1, "the invalid link is left out");
         let text = format!("{:?}", built.problems);
@@ -771,7 +784,11 @@ mod tests {
         assert!(none.catalog.is_none());
         let before = o.fingerprint();
         o.services[0].status = Some(yaml("{idScope: 0ne0000FFFF}"));
-        assert_ne!(o.fingerprint(), before, "a generated ID scope triggers a rebuild");
+        assert_ne!(
+            o.fingerprint(),
+            before,
+            "a generated ID scope triggers a rebuild"
+        );
         let built = build("iot", None, &o, &secrets(&[]), SystemTime::now());
         assert_eq!(built.catalog.unwrap().service.id_scope, "0ne0000FFFF");
     }

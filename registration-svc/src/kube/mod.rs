@@ -71,6 +71,9 @@ pub enum ServeError {
     /// The server failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The configuration source stopped on its own (its reflectors could not start).
+    #[error("the configuration reflectors stopped; see the log above")]
+    ConfigStopped,
 }
 
 /// Runs `serve` until `shutdown` is cancelled (or the server fails).
@@ -135,12 +138,32 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
         limits: config.limits.clone(),
         admin_routes: crate::admin_api::routes(registry),
     };
-    let result = server.run(device, admin, token.clone()).await;
+    let serving = server.run(device, admin, token.clone());
+    tokio::pin!(serving);
+    let mut source = source;
+    let mut source_done = false;
+    let result = tokio::select! {
+        r = &mut serving => r.map_err(ServeError::from),
+        joined = &mut source => {
+            source_done = true;
+            if let Err(e) = joined {
+                tracing::error!(error = %e, "configuration task failed");
+            }
+            let stopped_on_its_own = !token.is_cancelled();
+            token.cancel();
+            let served = serving.await;
+            if stopped_on_its_own {
+                Err(ServeError::ConfigStopped)
+            } else {
+                served.map_err(ServeError::from)
+            }
+        }
+    };
     token.cancel();
-    if let Err(e) = source.await {
+    if !source_done && let Err(e) = source.await {
         tracing::error!(error = %e, "configuration task failed");
     }
-    result.map_err(ServeError::from)
+    result
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {

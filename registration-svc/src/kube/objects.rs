@@ -128,7 +128,10 @@ pub fn registration_object(
         annotations.insert(ANNOTATION_TPM_AUTHENTICATION_KEY.to_owned(), key.clone());
     }
     if let Some(x509) = &record.x509 {
-        annotations.insert(ANNOTATION_X509.to_owned(), encode("x509 info", serde_json::to_string(x509))?);
+        annotations.insert(
+            ANNOTATION_X509.to_owned(),
+            encode("x509 info", serde_json::to_string(x509))?,
+        );
     }
     let hub = record.assigned_hub.as_ref();
     let spec = api::DeviceRegistrationSpec {
@@ -162,13 +165,10 @@ pub fn registration_object(
         etag: Some(record.etag.clone()).filter(|e| !e.is_empty()),
         created_date_time_utc: Some(Time(record.created_at)),
         last_updated_date_time_utc: Some(Time(record.updated_at)),
-        last_error: record
-            .last_error
-            .as_ref()
-            .map(|e| api::RegistrationError {
-                code: i32::try_from(e.code).unwrap_or(i32::MAX),
-                message: e.message.clone(),
-            }),
+        last_error: record.last_error.as_ref().map(|e| api::RegistrationError {
+            code: i32::try_from(e.code).unwrap_or(i32::MAX),
+            message: e.message.clone(),
+        }),
         payload: record.payload.clone(),
     };
     let mut obj = api::DeviceRegistration::new(&registration_object_name(&id), spec);
@@ -535,7 +535,10 @@ mod tests {
     fn registration_round_trips() {
         let r = record();
         let obj = registration_object(&r, "iot").unwrap();
-        assert_eq!(obj.metadata.name.as_deref(), Some("dev-01-9ba2ec4b8b6aa2ad"));
+        assert_eq!(
+            obj.metadata.name.as_deref(),
+            Some("dev-01-e443b7f56a19b702")
+        );
         assert_eq!(
             obj.metadata.name.as_deref().unwrap(),
             registration_object_name("dev_01")
@@ -690,7 +693,10 @@ mod tests {
             json["spec"]["authentication"]["symmetricKey"]["secretRef"]["name"],
             "s"
         );
-        assert_eq!(json["spec"]["twin"]["properties"]["desired"]["interval"], 30);
+        assert_eq!(
+            json["spec"]["twin"]["properties"]["desired"]["interval"],
+            30
+        );
         assert_eq!(json["spec"]["status"], "enabled");
     }
 
@@ -728,7 +734,10 @@ mod tests {
             String::from_utf8(data[SECRET_PRIMARY_KEY].0.clone()).unwrap(),
             B64.encode([1u8; 32])
         );
-        assert_eq!(obj.metadata.labels.as_ref().unwrap()[api::LABEL_HUB_LINK], "west");
+        assert_eq!(
+            obj.metadata.labels.as_ref().unwrap()[api::LABEL_HUB_LINK],
+            "west"
+        );
         assert_eq!(device_secret_from(&obj).unwrap(), s);
 
         let mut broken = obj.clone();
@@ -737,7 +746,10 @@ mod tests {
             ByteString(b"not base64!!".to_vec()),
         );
         let err = device_secret_from(&broken).unwrap_err().to_string();
-        assert!(err.contains("secondaryKey") && !err.contains("not base64!!"), "{err}");
+        assert!(
+            err.contains("secondaryKey") && !err.contains("not base64!!"),
+            "{err}"
+        );
         broken.data.as_mut().unwrap().remove(SECRET_PRIMARY_KEY);
         assert!(device_secret_from(&broken).is_err());
     }

@@ -38,12 +38,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use ::kube::api::{Api, ListParams, Patch, PatchParams};
+use ::kube::{Client, Resource, ResourceExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kdps_api::names::{device_object_name, registration_object_name};
 use kdps_api::v1alpha1::{Device, DeviceRegistration};
-use ::kube::api::{Api, ListParams, Patch, PatchParams};
-use ::kube::{Client, Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -101,7 +101,8 @@ fn api_error(operation: &'static str, object: &str, e: ::kube::Error) -> Registr
         ::kube::Error::Api(status) => {
             let hint = if status.is_forbidden() {
                 " (the service's RBAC does not allow this: is the namespace linked, and does the service's Role cover it?)"
-            } else if status.is_not_found() && status.message.contains("the server could not find") {
+            } else if status.is_not_found() && status.message.contains("the server could not find")
+            {
                 " (are the kdps.io CRDs installed?)"
             } else {
                 ""
@@ -188,17 +189,13 @@ impl KubeRegistry {
         registration_id: &str,
     ) -> Result<Option<RegistrationRecord>, RegistryError> {
         let name = registration_object_name(registration_id);
-        let found = self
-            .registrations
-            .get_opt(&name)
-            .await
-            .map_err(|e| {
-                api_error(
-                    "read registration",
-                    &describe::<DeviceRegistration>(&self.namespace, &name),
-                    e,
-                )
-            })?;
+        let found = self.registrations.get_opt(&name).await.map_err(|e| {
+            api_error(
+                "read registration",
+                &describe::<DeviceRegistration>(&self.namespace, &name),
+                e,
+            )
+        })?;
         let Some(obj) = found else {
             self.forget(&name);
             return Ok(None);
@@ -334,6 +331,49 @@ impl KubeRegistry {
         self.apply("retire previous device", &obj).await.map(drop)
     }
 
+    /// After losing the final write to another replica: when the winner's registration points
+    /// at another Device than the one this write applied, disable ours — unless someone wrote
+    /// it since (resource-version precondition) — so a race never leaves two enabled
+    /// identities for one device. Best effort: the caller reports the conflict either way and
+    /// the engine's retry converges.
+    async fn disable_losing_device(
+        &self,
+        device: &DeviceRecord,
+        written: &Device,
+        registration_id: &str,
+    ) {
+        let Ok(stored) = self.read_registration(registration_id).await else {
+            return;
+        };
+        let points_here = stored.as_ref().is_some_and(|r| {
+            r.device_id.as_deref() == Some(device.device_id.as_str())
+                && r.assigned_hub
+                    .as_ref()
+                    .is_some_and(|h| h.device_namespace == device.namespace)
+        });
+        let Some(rv) = written.resource_version() else {
+            return;
+        };
+        if points_here || !device.enabled {
+            return;
+        }
+        let mut disabled = device.clone();
+        disabled.enabled = false;
+        let Ok(mut obj) = device_object(&disabled, &self.namespace) else {
+            return;
+        };
+        obj.metadata.resource_version = Some(rv);
+        match self.apply("disable losing device", &obj).await {
+            Ok(_) => tracing::info!(
+                registration_id,
+                namespace = %device.namespace,
+                device_id = %device.device_id,
+                "another replica assigned this device elsewhere first; disabled the identity this attempt wrote"
+            ),
+            Err(e) => tracing::debug!(registration_id, error = %e, "not disabling the losing device"),
+        }
+    }
+
     async fn list_page<K>(
         &self,
         api: Api<K>,
@@ -410,13 +450,20 @@ impl Registry for KubeRegistry {
             if let Some(obj) = &secret_obj {
                 self.apply("write device key secret", obj).await?;
             }
-            self.apply("write device", &device_obj).await?;
+            let written_device = self.apply("write device", &device_obj).await?;
             if let Some(previous) = &previous_device {
                 self.retire(previous, &device, &registration.registration_id)
                     .await?;
             }
-            self.write_registration(registration, resource_version, created_at, expected_etag)
-                .await
+            let registration_id = registration.registration_id.clone();
+            let result = self
+                .write_registration(registration, resource_version, created_at, expected_etag)
+                .await;
+            if matches!(result, Err(RegistryError::Conflict { .. })) {
+                self.disable_losing_device(&device, &written_device, &registration_id)
+                    .await;
+            }
+            result
         })
     }
 
@@ -454,10 +501,7 @@ impl Registry for KubeRegistry {
             if obj.spec.device_id != device_id {
                 return Err(RegistryError::Corrupt {
                     key: describe::<Device>(namespace, &name),
-                    reason: format!(
-                        "holds device '{}', not '{device_id}'",
-                        obj.spec.device_id
-                    ),
+                    reason: format!("holds device '{}', not '{device_id}'", obj.spec.device_id),
                 });
             }
             record_from_device(&obj).map(Some)
@@ -472,7 +516,11 @@ impl Registry for KubeRegistry {
         Box::pin(async move {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             let found = api.get_opt(name).await.map_err(|e| {
-                api_error("read device key secret", &describe::<Secret>(namespace, name), e)
+                api_error(
+                    "read device key secret",
+                    &describe::<Secret>(namespace, name),
+                    e,
+                )
             })?;
             found.as_ref().map(device_secret_from).transpose()
         })

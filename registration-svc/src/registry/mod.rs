@@ -679,10 +679,16 @@ mod tests {
             "$edgeHub",
         ] {
             let name = object_name(id);
-            assert!(kdps_api::names::is_dns1123_subdomain(&name), "{id} -> {name}");
+            assert!(
+                kdps_api::names::is_dns1123_subdomain(&name),
+                "{id} -> {name}"
+            );
             assert_eq!(name, object_name(id), "deterministic");
             let secret = device_secret_name(id);
-            assert!(kdps_api::names::is_dns1123_subdomain(&secret), "{id} -> {secret}");
+            assert!(
+                kdps_api::names::is_dns1123_subdomain(&secret),
+                "{id} -> {secret}"
+            );
         }
         assert_ne!(object_name("dev:1"), object_name("dev_1"));
         assert_eq!(device_secret_name("gw"), "gw-keys");
