@@ -25,12 +25,19 @@ use crate::{
 
 /// Registration service image used when a ProvisioningService names none: the release built
 /// together with this operator.
-pub const DEFAULT_REGISTRATION_IMAGE: &str =
-    concat!("ghcr.io/kdps-io/kdps-registration:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_REGISTRATION_IMAGE: &str = concat!(
+    "ghcr.io/kdps-io/kdps-registration:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// The kdps operator.
 #[derive(Debug, Parser)]
-#[command(name = "kdps-operator", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "kdps-operator",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -103,7 +110,11 @@ pub struct RunArgs {
     )]
     pub registration_image_pull_policy: PullPolicy,
     /// Address of the admin server (`/healthz`, `/readyz`, `/metrics`).
-    #[arg(long, env = "KDPS_OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "KDPS_OPERATOR_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub admin_listen: SocketAddr,
     /// Reconciles that run at once, per controller.
     #[arg(long, env = "KDPS_OPERATOR_CONCURRENCY", default_value_t = 4,
@@ -127,7 +138,11 @@ pub struct LeaderArgs {
     #[arg(long, env = "KDPS_OPERATOR_LEADER_ELECTION")]
     pub leader_election: bool,
     /// Name of the Lease (in the operator namespace).
-    #[arg(long, env = "KDPS_OPERATOR_LEASE_NAME", default_value = "kdps-operator")]
+    #[arg(
+        long,
+        env = "KDPS_OPERATOR_LEASE_NAME",
+        default_value = "kdps-operator"
+    )]
     pub lease_name: String,
     /// Seconds a Lease stays valid without renewal (failover time).
     #[arg(long, env = "KDPS_OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15,
@@ -145,7 +160,12 @@ pub struct LogArgs {
     #[arg(long, env = "KDPS_OPERATOR_LOG", default_value = "info,kube=warn")]
     pub log_filter: String,
     /// Log format.
-    #[arg(long, env = "KDPS_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "KDPS_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -243,10 +263,19 @@ impl RunArgs {
 
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_handler(shutdown.clone()));
-        let admin_task = tokio::spawn(admin::serve(listener, admin_state.clone(), shutdown.clone()));
+        let admin_task = tokio::spawn(admin::serve(
+            listener,
+            admin_state.clone(),
+            shutdown.clone(),
+        ));
 
-        wait_for_crds(&client, watch_namespace.as_deref(), Duration::from_secs(crd_wait_seconds), &shutdown)
-            .await?;
+        wait_for_crds(
+            &client,
+            watch_namespace.as_deref(),
+            Duration::from_secs(crd_wait_seconds),
+            &shutdown,
+        )
+        .await?;
 
         let lease_cfg = LeaseConfig {
             namespace: operator_namespace.clone(),
@@ -271,7 +300,12 @@ impl RunArgs {
             registration_image_pull_policy: registration_image_pull_policy.as_str().to_owned(),
             concurrency,
         };
-        let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), identity));
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            identity,
+        ));
         let controllers = async {
             tokio::join!(
                 controller::provisioning_service::run(ctx.clone(), shutdown.clone()),
@@ -368,11 +402,26 @@ async fn wait_for_crds(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let checks = [
-            ("ProvisioningService", crd_served::<ProvisioningService>(client, namespace).await),
-            ("IoTHubLink", crd_served::<IoTHubLink>(client, namespace).await),
-            ("IndividualEnrollment", crd_served::<IndividualEnrollment>(client, namespace).await),
-            ("EnrollmentGroup", crd_served::<EnrollmentGroup>(client, namespace).await),
-            ("DeviceRegistration", crd_served::<DeviceRegistration>(client, namespace).await),
+            (
+                "ProvisioningService",
+                crd_served::<ProvisioningService>(client, namespace).await,
+            ),
+            (
+                "IoTHubLink",
+                crd_served::<IoTHubLink>(client, namespace).await,
+            ),
+            (
+                "IndividualEnrollment",
+                crd_served::<IndividualEnrollment>(client, namespace).await,
+            ),
+            (
+                "EnrollmentGroup",
+                crd_served::<EnrollmentGroup>(client, namespace).await,
+            ),
+            (
+                "DeviceRegistration",
+                crd_served::<DeviceRegistration>(client, namespace).await,
+            ),
             ("Device", crd_served::<Device>(client, namespace).await),
         ];
         let Some((kind, Err(detail))) = checks.into_iter().find(|(_, r)| r.is_err()) else {
@@ -419,7 +468,10 @@ mod tests {
 
         let b = Args::try_parse_from(["kdps-operator", "run", "--concurrency", "2"])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(b.command, Some(Command::Run(RunArgs { concurrency: 2, .. }))));
+        assert!(matches!(
+            b.command,
+            Some(Command::Run(RunArgs { concurrency: 2, .. }))
+        ));
         assert!(Args::try_parse_from(["kdps-operator", "run", "--concurrency", "0"]).is_err());
         let c = Args::try_parse_from(["kdps-operator", "crdgen", "--chart-dir", "x"])
             .unwrap_or_else(|e| panic!("{e}"));

@@ -110,9 +110,7 @@ pub fn held_lease(
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(cfg.identity.clone()),
-            lease_duration_seconds: Some(
-                i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX),
-            ),
+            lease_duration_seconds: Some(i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX)),
             acquire_time: if renewal {
                 spec.acquire_time.clone()
             } else {
@@ -130,7 +128,10 @@ pub fn held_lease(
 }
 
 /// Try once to take or renew the Lease; returns whether this candidate holds it now.
-pub async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+pub async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+) -> Result<bool, kube::Error> {
     let current = api.get_opt(&cfg.name).await?;
     let now = Timestamp::now();
     let result = match decide(current.as_ref(), &cfg.identity, now) {
@@ -172,8 +173,12 @@ pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig, shutdown: &Cancellatio
                 tracing::info!(lease = %cfg.name, identity = %cfg.identity, "acquired the leader Lease");
                 return true;
             }
-            Ok(false) => tracing::debug!(lease = %cfg.name, "the leader Lease is held by another replica"),
-            Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "reading or writing the leader Lease failed"),
+            Ok(false) => {
+                tracing::debug!(lease = %cfg.name, "the leader Lease is held by another replica")
+            }
+            Err(e) => {
+                tracing::warn!(lease = %cfg.name, error = %e, "reading or writing the leader Lease failed")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
@@ -232,9 +237,14 @@ pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     if let Some(spec) = lease.spec.as_mut() {
         spec.holder_identity = None;
     }
-    match api.replace(&lease.name_any(), &PostParams::default(), &lease).await {
+    match api
+        .replace(&lease.name_any(), &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => tracing::info!(lease = %cfg.name, "released the leader Lease"),
-        Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "releasing the leader Lease failed"),
+        Err(e) => {
+            tracing::warn!(lease = %cfg.name, error = %e, "releasing the leader Lease failed")
+        }
     }
 }
 
@@ -262,7 +272,10 @@ mod tests {
         assert_eq!(decide(None, "a", t(100)), Decision::Create);
         let held_by_b = held_lease(&cfg("b"), None, t(100), false);
         assert_eq!(decide(Some(&held_by_b), "b", t(105)), Decision::Renew);
-        assert_eq!(decide(Some(&held_by_b), "a", t(105)), Decision::Wait(t(115)));
+        assert_eq!(
+            decide(Some(&held_by_b), "a", t(105)),
+            Decision::Wait(t(115))
+        );
         // Expired: anyone may take it.
         assert_eq!(decide(Some(&held_by_b), "a", t(115)), Decision::TakeOver);
         // Released (no holder).

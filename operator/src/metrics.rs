@@ -171,11 +171,15 @@ mod tests {
         m.set_leader(true);
         m.set_ready("iothublink", 1);
         let text = m.encode();
-        assert!(text.contains("kdps_operator_reconciles_total{controller=\"provisioningservice\"} 1"));
+        assert!(
+            text.contains("kdps_operator_reconciles_total{controller=\"provisioningservice\"} 1")
+        );
         assert!(text.contains(
             "kdps_operator_reconcile_failures_total{controller=\"provisioningservice\",error=\"Kube\"} 1"
         ));
-        assert!(text.contains("kdps_operator_reconcile_duration_seconds_count{controller=\"provisioningservice\"} 1"));
+        assert!(text.contains(
+            "kdps_operator_reconcile_duration_seconds_count{controller=\"provisioningservice\"} 1"
+        ));
         assert!(text.contains("kdps_operator_leader 1"));
         assert!(text.contains("kdps_operator_ready_objects{controller=\"iothublink\"} 1"));
     }

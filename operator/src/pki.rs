@@ -123,8 +123,14 @@ impl Ca {
     /// The Secret data that stores this CA (`tls.crt`, `tls.key`).
     pub fn secret_data(&self) -> BTreeMap<String, ByteString> {
         BTreeMap::from([
-            (TLS_CRT.to_owned(), ByteString(self.cert_pem.clone().into_bytes())),
-            (TLS_KEY.to_owned(), ByteString(self.key.serialize_pem().into_bytes())),
+            (
+                TLS_CRT.to_owned(),
+                ByteString(self.cert_pem.clone().into_bytes()),
+            ),
+            (
+                TLS_KEY.to_owned(),
+                ByteString(self.key.serialize_pem().into_bytes()),
+            ),
         ])
     }
 
@@ -524,7 +530,11 @@ mod tests {
         assert_eq!(info.cert_sha256, sha256_hex(cert.cert_pem.as_bytes()));
 
         let no_key = secret(&[(TLS_CRT, &cert.cert_pem)]);
-        assert!(check_user_tls(&no_key, now).unwrap_err().contains("no tls.key"));
+        assert!(
+            check_user_tls(&no_key, now)
+                .unwrap_err()
+                .contains("no tls.key")
+        );
         let garbage = secret(&[(TLS_CRT, "hello"), (TLS_KEY, "k")]);
         assert!(
             check_user_tls(&garbage, now)

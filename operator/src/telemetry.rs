@@ -1,5 +1,7 @@
 //! Logging: `tracing` with an `EnvFilter`, as plain text or JSON lines.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log output format.
@@ -36,7 +38,11 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), TelemetryError> {
     let registry = tracing_subscriber::registry().with(env_filter);
     match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))

@@ -128,17 +128,24 @@ fn committed_chart_crds_are_fresh() {
 fn chart_templates_wrap_the_same_crds() {
     // Removing the template lines must give back exactly the CRD (plus the chart metadata).
     for (name, template) in read_dir(&chart_crds_dir()) {
-        assert!(template.contains("{{- if .Values.crds.enabled }}"), "{name}");
+        assert!(
+            template.contains("{{- if .Values.crds.enabled }}"),
+            "{name}"
+        );
         assert!(template.contains("helm.sh/resource-policy: keep"), "{name}");
         let plain: String = template
             .lines()
             .filter(|l| !l.contains("{{") && !l.trim_start().starts_with('#'))
-            .filter(|l| !matches!(l.trim(), "labels:" | "annotations:" | "helm.sh/resource-policy: keep"))
+            .filter(|l| {
+                !matches!(
+                    l.trim(),
+                    "labels:" | "annotations:" | "helm.sh/resource-policy: keep"
+                )
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let chart: serde_json::Value = serde_yaml::from_str(&plain).unwrap();
-        let crd: serde_json::Value =
-            serde_yaml::from_str(&read_dir(&crds_dir())[&name]).unwrap();
+        let crd: serde_json::Value = serde_yaml::from_str(&read_dir(&crds_dir())[&name]).unwrap();
         assert_eq!(chart, crd, "{name}");
     }
 }

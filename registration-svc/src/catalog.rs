@@ -154,6 +154,9 @@ pub struct Catalog {
     individuals: HashMap<String, Arc<Enrollment>>,
     symmetric_groups: Vec<Arc<Enrollment>>,
     x509_groups: Vec<Arc<Enrollment>>,
+    /// X.509 groups by the subject (DER) of their signing certificates: a device chain is
+    /// only checked against the groups whose CA issued one of its certificates.
+    x509_by_subject: HashMap<Vec<u8>, Vec<usize>>,
     /// Objects that were left out or are unusable.
     pub problems: Vec<Problem>,
 }
@@ -384,6 +387,22 @@ impl Catalog {
         // Deterministic group order on every replica.
         symmetric_groups.sort_by(|a, b| a.name.cmp(&b.name));
         x509_groups.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut x509_by_subject: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+        for (i, g) in x509_groups.iter().enumerate() {
+            if let Ok(Credentials::X509Signing(signing)) = &g.credentials {
+                let certs = std::iter::once(&signing.primary).chain(signing.secondary.as_ref());
+                for der in certs {
+                    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) {
+                        let slot = x509_by_subject
+                            .entry(cert.subject().as_raw().to_vec())
+                            .or_default();
+                        if !slot.contains(&i) {
+                            slot.push(i);
+                        }
+                    }
+                }
+            }
+        }
 
         Ok(Catalog {
             service: settings,
@@ -391,6 +410,7 @@ impl Catalog {
             individuals: individual_map,
             symmetric_groups,
             x509_groups,
+            x509_by_subject,
             problems,
         })
     }
@@ -408,6 +428,25 @@ impl Catalog {
     /// X.509 enrollment groups, in name order.
     pub fn x509_groups(&self) -> &[Arc<Enrollment>] {
         &self.x509_groups
+    }
+
+    /// The X.509 groups whose signing certificate's subject is one of `issuers` (raw DER
+    /// names), in name order, each once.
+    pub fn x509_groups_issuing<'a>(
+        &self,
+        issuers: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<&Arc<Enrollment>> {
+        let mut idx: Vec<usize> = issuers
+            .into_iter()
+            .filter_map(|name| self.x509_by_subject.get(name))
+            .flatten()
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .filter_map(|i| self.x509_groups.get(i))
+            .collect()
     }
 
     /// A group by name.

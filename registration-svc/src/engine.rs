@@ -494,9 +494,18 @@ impl Engine {
                 if peer.chain.is_empty() {
                     return Err(attestation_error(AttestationError::MissingCertificate));
                 }
-                let groups: Vec<(&str, &x509::SigningCerts)> = catalog
-                    .x509_groups()
+                // Only the groups whose CA issued a certificate of this chain (indexed by
+                // subject) are candidates; the chain walk then checks names and signatures.
+                let parsed: Vec<_> = peer
+                    .chain
                     .iter()
+                    .filter_map(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+                    .map(|(_, cert)| cert)
+                    .collect();
+                let candidates =
+                    catalog.x509_groups_issuing(parsed.iter().map(|c| c.issuer().as_raw()));
+                let groups: Vec<(&str, &x509::SigningCerts)> = candidates
+                    .into_iter()
                     .filter_map(|g| match &g.credentials {
                         Ok(Credentials::X509Signing(s)) => Some((g.name.as_str(), s)),
                         _ => None,

@@ -194,8 +194,21 @@ impl Cluster {
     }
 
     /// `kubectl get KIND -n NS -o json` items (all pages: kubectl follows continue tokens).
-    pub fn get_items(&self, namespace: &str, kind: &str, selector: Option<&str>) -> Vec<serde_json::Value> {
-        let mut args = vec!["get", kind, "-n", namespace, "-o", "json"];
+    pub fn get_items(
+        &self,
+        namespace: &str,
+        kind: &str,
+        selector: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "get",
+            kind,
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ];
         if let Some(s) = selector {
             args.extend(["-l", s]);
         }
@@ -206,12 +219,24 @@ impl Cluster {
 
     /// One object as JSON, `None` when it does not exist.
     pub fn get(&self, namespace: &str, kind: &str, name: &str) -> Option<serde_json::Value> {
-        let out = self.kubectl(&["get", kind, name, "-n", namespace, "-o", "json"]);
+        let out = self.kubectl(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
         if out.status.success() {
             return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("NotFound") || err.contains("not found"), "kubectl get {kind} {name}: {err}");
+        assert!(
+            err.contains("NotFound") || err.contains("not found"),
+            "kubectl get {kind} {name}: {err}"
+        );
         None
     }
 
@@ -280,9 +305,10 @@ current-context: service
 /// An async kube client for a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
     kube::Client::try_from(config).expect("kube client")
 }
 
@@ -384,6 +410,20 @@ impl ServiceIdentity {
     pub fn can_i(&self, verb: &str, resource: &str, namespace: &str) -> bool {
         let out = cluster().kubectl(&[
             "auth", "can-i", verb, resource, "-n", namespace, "--as", &self.user,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    }
+
+    /// `kubectl auth can-i VERB RESOURCE --all-namespaces` as this identity.
+    pub fn can_i_cluster_wide(&self, verb: &str, resource: &str) -> bool {
+        let out = cluster().kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--all-namespaces",
+            "--as",
+            &self.user,
         ]);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     }
@@ -546,7 +586,12 @@ impl Serve {
     }
 
     /// Runs `kdps-device register` against this service with `args` added.
-    pub fn register(&self, id_scope: &str, registration_id: &str, args: &[&str]) -> crate::DeviceRun {
+    pub fn register(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        args: &[&str],
+    ) -> crate::DeviceRun {
         let ca = self.ca();
         let endpoint = self.endpoint();
         let mut all = vec![

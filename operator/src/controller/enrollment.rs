@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{
-    Context, Error, Issue, RECHECK, REASON_VALID, SECRET_FIELD_SELECTOR, SECRET_LABEL_SELECTOR,
+    Context, Error, Issue, REASON_VALID, RECHECK, SECRET_FIELD_SELECTOR, SECRET_LABEL_SELECTOR,
     apply_status, count, error_policy, invalid_object, kube_err, merge_conditions,
     namespace_service, object_key, publish_ready, ready_from_issues,
 };
@@ -88,7 +88,9 @@ impl Enrollment for IndividualEnrollment {
     }
 
     fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
 
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -124,7 +126,9 @@ impl Enrollment for EnrollmentGroup {
     }
 
     fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
     }
 
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -167,7 +171,10 @@ pub fn validate<E: Enrollment>(
             Some(Some(secret)) => {
                 if let Err(problems) = validate_symmetric_key_secret(secret, secret_ref) {
                     issues.extend(problems.into_iter().map(|p| {
-                        Issue::new(p.reason.as_str(), format!("spec.attestation.symmetricKey.{p}"))
+                        Issue::new(
+                            p.reason.as_str(),
+                            format!("spec.attestation.symmetricKey.{p}"),
+                        )
                     }));
                 }
             }
@@ -206,7 +213,8 @@ async fn dereference<E: Enrollment>(
         }
         None => None,
     };
-    let links_api: Api<DeserializeGuard<IoTHubLink>> = Api::namespaced(ctx.client.clone(), namespace);
+    let links_api: Api<DeserializeGuard<IoTHubLink>> =
+        Api::namespaced(ctx.client.clone(), namespace);
     let links = links_api
         .list(&ListParams::default())
         .await
@@ -244,7 +252,10 @@ pub async fn reconcile<E: Enrollment>(
     let generation = enrollment.meta().generation;
     let ready = ready_from_issues(
         &issues,
-        &Issue::new(REASON_VALID, "the enrollment is valid and its references resolve"),
+        &Issue::new(
+            REASON_VALID,
+            "the enrollment is valid and its references resolve",
+        ),
         generation,
         now,
     );
@@ -254,7 +265,8 @@ pub async fn reconcile<E: Enrollment>(
     status.insert("observedGeneration".to_owned(), json!(generation));
     status.insert("conditions".to_owned(), json!(conditions));
     if E::COUNTS_REGISTRATIONS {
-        let registrations: Api<DeviceRegistration> = Api::namespaced(ctx.client.clone(), &namespace);
+        let registrations: Api<DeviceRegistration> =
+            Api::namespaced(ctx.client.clone(), &namespace);
         let selector = format!(
             "{LABEL_ENROLLMENT}={}",
             format!("{}.{name}", E::kind(&())).to_ascii_lowercase()
@@ -332,7 +344,9 @@ pub async fn run<E: Enrollment>(ctx: Arc<Context>, shutdown: CancellationToken) 
                 .fields(SECRET_FIELD_SELECTOR),
             by_secret,
         )
-        .watches(links, watcher::Config::default(), move |l| by_namespace(l.namespace()))
+        .watches(links, watcher::Config::default(), move |l| {
+            by_namespace(l.namespace())
+        })
         .watches(services, watcher::Config::default(), move |s| {
             by_namespace2(s.namespace())
         })
@@ -414,7 +428,11 @@ mod tests {
         let reasons: Vec<_> = issues.iter().map(|i| i.reason.as_str()).collect();
         assert_eq!(reasons, ["InvalidKey", "UnknownIoTHub"]);
         assert!(issues.iter().all(|i| !i.message.contains("c2hvcnQ")));
-        assert!(issues[1].message.contains("IoTHubLink \"hub-west\" does not exist"));
+        assert!(
+            issues[1]
+                .message
+                .contains("IoTHubLink \"hub-west\" does not exist")
+        );
     }
 
     #[test]

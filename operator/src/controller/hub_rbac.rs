@@ -42,7 +42,9 @@ where
         selector.push_str(&format!(",{LABEL_SERVICE_NAMESPACE}={ns}"));
     }
     let api: Api<K> = Api::all(client.clone());
-    let list = api.list_metadata(&ListParams::default().labels(&selector)).await?;
+    let list = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?;
     let mut deleted = 0;
     for obj in list.items {
         let uid = obj
@@ -104,7 +106,10 @@ pub async fn run(client: Client, watch_namespace: Option<String>, shutdown: Canc
             }
             Ok(Some(watcher::Event::InitDone)) => {
                 live = std::mem::take(&mut relisting);
-                sweep_both(&client, watch_namespace.as_deref(), |uid| live.contains(uid)).await;
+                sweep_both(&client, watch_namespace.as_deref(), |uid| {
+                    live.contains(uid)
+                })
+                .await;
             }
             Ok(Some(watcher::Event::Apply(ps))) => {
                 live.extend(ps.uid());

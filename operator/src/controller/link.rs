@@ -23,9 +23,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{
-    Context, Error, Issue, NamespaceState, RECHECK, REASON_VALID, apply_status, count,
-    error_policy, invalid_object, merge_conditions, namespace_service, namespace_state,
-    object_key, publish_ready, ready_from_issues,
+    Context, Error, Issue, NamespaceState, REASON_VALID, RECHECK, apply_status, count,
+    error_policy, invalid_object, merge_conditions, namespace_service, namespace_state, object_key,
+    publish_ready, ready_from_issues,
 };
 
 /// Controller name (metrics label).
@@ -101,7 +101,10 @@ pub async fn reconcile(
         &issues,
         &Issue::new(
             REASON_VALID,
-            format!("devices assigned to {} are written to namespace {device_ns}", link.spec.host_name),
+            format!(
+                "devices assigned to {} are written to namespace {device_ns}",
+                link.spec.host_name
+            ),
         ),
         generation,
         now,
@@ -148,10 +151,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             store
                 .state()
                 .into_iter()
-                .filter(|g| {
-                    g.0.as_ref()
-                        .is_ok_and(|l| l.spec.device_namespace == name)
-                })
+                .filter(|g| g.0.as_ref().is_ok_and(|l| l.spec.device_namespace == name))
                 .map(|g| ObjectRef::from_obj(g.as_ref()))
                 .collect::<Vec<_>>()
         }
@@ -204,7 +204,11 @@ mod tests {
         let issues = validate(&l, None, Some(NamespaceState::Missing));
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].reason, "HubNamespaceMissing");
-        assert!(issues[0].message.contains("namespace \"hub-west\" does not exist"));
+        assert!(
+            issues[0]
+                .message
+                .contains("namespace \"hub-west\" does not exist")
+        );
         assert_eq!(
             validate(&l, None, Some(NamespaceState::Terminating))[0].reason,
             "HubNamespaceTerminating"

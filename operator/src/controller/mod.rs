@@ -130,7 +130,12 @@ impl Debug for Context {
 
 impl Context {
     /// New shared state.
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, instance: String) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        instance: String,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -374,7 +379,10 @@ where
     )
     .await
     .map(|_| ())
-    .map_err(kube_err(format!("updating the status of {} {name}", K::kind(&()))))
+    .map_err(kube_err(format!(
+        "updating the status of {} {name}",
+        K::kind(&())
+    )))
 }
 
 /// Publish an Event about `reference`; failures are logged, never fatal.
@@ -470,11 +478,14 @@ pub(crate) async fn namespace_service(
     client: &Client,
     namespace: &str,
 ) -> Result<Option<ProvisioningService>, Error> {
-    let api: Api<DeserializeGuard<ProvisioningService>> = Api::namespaced(client.clone(), namespace);
+    let api: Api<DeserializeGuard<ProvisioningService>> =
+        Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default())
         .await
-        .map_err(kube_err(format!("listing ProvisioningServices in {namespace}")))?;
+        .map_err(kube_err(format!(
+            "listing ProvisioningServices in {namespace}"
+        )))?;
     Ok(oldest(list.items.into_iter().filter_map(|g| g.0.ok())))
 }
 
@@ -530,14 +541,21 @@ where
 }
 
 /// Labels on every object the operator makes for a ProvisioningService.
-pub fn common_labels(service_name: &str, service_namespace: &str, uid: &str) -> BTreeMap<String, String> {
+pub fn common_labels(
+    service_name: &str,
+    service_namespace: &str,
+    uid: &str,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
         (LABEL_INSTANCE.to_owned(), service_name.to_owned()),
         (LABEL_COMPONENT.to_owned(), "registration".to_owned()),
         (LABEL_PART_OF.to_owned(), "kdps".to_owned()),
         (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-        (LABEL_SERVICE_NAMESPACE.to_owned(), service_namespace.to_owned()),
+        (
+            LABEL_SERVICE_NAMESPACE.to_owned(),
+            service_namespace.to_owned(),
+        ),
         (LABEL_SERVICE_UID.to_owned(), uid.to_owned()),
     ])
 }
@@ -565,7 +583,10 @@ mod tests {
             Issue::new("UnknownIoTHub", "IoTHubLink \"x\" does not exist"),
         ];
         let c = ready_from_issues(&issues, &ok, Some(3), now());
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SecretNotFound"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
         assert_eq!(
             c.message,
             "Secret \"k\" does not exist; IoTHubLink \"x\" does not exist"
@@ -585,6 +606,90 @@ mod tests {
         assert_eq!(merged2[0].message, "still ok");
         let bad = ready_from_issues(&[Issue::new("InvalidKey", "bad")], &ok, Some(2), now());
         assert!(merge_conditions(&merged2, vec![bad]).1);
+    }
+
+    fn offline_context() -> Arc<Context> {
+        // Never contacted: error_policy does no API calls.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        Arc::new(Context::new(
+            client,
+            Settings {
+                operator_namespace: "kdps-system".into(),
+                watch_namespace: None,
+                registration_image: "img".into(),
+                registration_image_pull_policy: "IfNotPresent".into(),
+                concurrency: 1,
+            },
+            Arc::new(Metrics::new()),
+            "test".into(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn error_policy_backs_off_per_object_and_waits_for_invalid_objects() {
+        let ctx = offline_context();
+        let policy = error_policy::<kdps_api::v1alpha1::IoTHubLink>("iothublink");
+        let link = |name: &str| {
+            let yaml = format!(
+                "apiVersion: kdps.io/v1alpha1\nkind: IoTHubLink\nmetadata: {{name: {name}, namespace: iot}}\nspec: {{hostName: h.example.com, deviceNamespace: hub}}"
+            );
+            Arc::new(
+                serde_yaml::from_str::<DeserializeGuard<kdps_api::v1alpha1::IoTHubLink>>(&yaml)
+                    .unwrap(),
+            )
+        };
+        let api_error = || Error::MissingField {
+            key: "k".into(),
+            field: "metadata.uid",
+        };
+        let a = link("a");
+        let delays: Vec<Action> = (0..3)
+            .map(|_| policy(a.clone(), &api_error(), ctx.clone()))
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                Action::requeue(Duration::from_millis(500)),
+                Action::requeue(Duration::from_secs(1)),
+                Action::requeue(Duration::from_secs(2)),
+            ]
+        );
+        // Another object starts from the beginning; success resets.
+        assert_eq!(
+            policy(link("b"), &api_error(), ctx.clone()),
+            Action::requeue(Duration::from_millis(500))
+        );
+        ctx.backoff.reset(&object_key(a.as_ref()));
+        assert_eq!(
+            policy(a.clone(), &api_error(), ctx.clone()),
+            Action::requeue(Duration::from_millis(500))
+        );
+        // An object that does not deserialize waits for its next change.
+        let invalid = Error::InvalidObject {
+            key: "IoTHubLink/iot/a".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(policy(a, &invalid, ctx.clone()), Action::await_change());
+        let metrics = ctx.metrics.encode();
+        assert!(metrics.contains("error=\"MissingField\"} 5"), "{metrics}");
+        assert!(metrics.contains("error=\"InvalidObject\"} 1"), "{metrics}");
+    }
+
+    #[test]
+    fn malformed_objects_are_kept_by_the_guard() {
+        // A link whose weight is a string: the guard keeps the metadata for Events.
+        let guard: DeserializeGuard<kdps_api::v1alpha1::IoTHubLink> = serde_yaml::from_str(
+            "apiVersion: kdps.io/v1alpha1\nkind: IoTHubLink\nmetadata: {name: a, namespace: iot}\nspec: {hostName: h, deviceNamespace: hub, allocationWeight: heavy}",
+        )
+        .unwrap();
+        let err = guard.0.as_ref().unwrap_err();
+        assert!(
+            err.error.contains("Invalid type string \"heavy\""),
+            "{}",
+            err.error
+        );
+        assert_eq!(object_key(&guard), "IoTHubLink/iot/a");
     }
 
     #[test]

@@ -370,7 +370,9 @@ impl KubeRegistry {
                 device_id = %device.device_id,
                 "another replica assigned this device elsewhere first; disabled the identity this attempt wrote"
             ),
-            Err(e) => tracing::debug!(registration_id, error = %e, "not disabling the losing device"),
+            Err(e) => {
+                tracing::debug!(registration_id, error = %e, "not disabling the losing device")
+            }
         }
     }
 

@@ -10,9 +10,9 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
             HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-            Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-            Secret, Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint,
-            Volume, VolumeMount,
+            Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+            SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+            TopologySpreadConstraint, Volume, VolumeMount,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -27,7 +27,9 @@ use kube::Resource;
 
 use super::validate::Validated;
 use crate::{
-    controller::{ANNOTATION_SERVICE, Error, LABEL_INSTANCE, LABEL_NAME, APP_NAME, Settings, common_labels},
+    controller::{
+        ANNOTATION_SERVICE, APP_NAME, Error, LABEL_INSTANCE, LABEL_NAME, Settings, common_labels,
+    },
     pki::{CA_CRT, ServingCert, TLS_CRT, TLS_KEY},
 };
 
@@ -81,9 +83,10 @@ pub fn tls_secret_name(name: &str) -> String {
     format!("{name}-tls")
 }
 
-/// Name of the Role and RoleBinding in hub namespaces for service `name` in `namespace`.
-pub fn hub_rbac_name(namespace: &str, name: &str) -> String {
-    format!("kdps-registration-{namespace}-{name}")
+/// Name of the Role and RoleBinding in hub namespaces for the service of `namespace` (one
+/// ProvisioningService per namespace).
+pub fn hub_rbac_name(namespace: &str) -> String {
+    format!("kdps-registration-{namespace}")
 }
 
 /// `host:port` of the in-cluster endpoint.
@@ -105,34 +108,47 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 }
 
 /// The rules of the service's Role in its own namespace: read the configuration (the service
-/// fetches referenced Secrets by name, never lists them), write DeviceRegistrations, publish
-/// Events.
+/// fetches referenced Secrets by name, never lists them), write DeviceRegistrations (list for
+/// the admin port's paged listing), publish Events. Same rules as
+/// `tests/k8s/service-rbac.yaml`.
 pub fn service_rules() -> Vec<PolicyRule> {
     vec![
         rule(
             "kdps.io",
-            &["provisioningservices", "iothublinks", "individualenrollments", "enrollmentgroups"],
+            &[
+                "provisioningservices",
+                "iothublinks",
+                "individualenrollments",
+                "enrollmentgroups",
+            ],
             &["get", "list", "watch"],
         ),
-        rule("", &["secrets"], &["get"]),
         rule(
             "kdps.io",
-            &["deviceregistrations", "deviceregistrations/status"],
-            &["create", "get", "patch", "update"],
+            &["deviceregistrations"],
+            &["get", "list", "create", "patch", "update"],
         ),
+        rule(
+            "kdps.io",
+            &["deviceregistrations/status"],
+            &["get", "patch", "update"],
+        ),
+        rule("", &["secrets"], &["get"]),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
 }
 
-/// The rules of the service's Roles in hub namespaces: write Devices and their key Secrets.
+/// The rules of the service's Roles in hub namespaces: write Devices and their key Secrets;
+/// no delete, so removing a link or the service never removes identities.
 pub fn hub_rules() -> Vec<PolicyRule> {
     vec![
         rule(
             "kdps.io",
-            &["devices", "devices/status"],
-            &["create", "get", "patch", "update"],
+            &["devices"],
+            &["get", "list", "create", "patch", "update"],
         ),
-        rule("", &["secrets"], &["create", "get", "patch", "update"]),
+        rule("kdps.io", &["devices/status"], &["get", "patch", "update"]),
+        rule("", &["secrets"], &["get", "create", "patch", "update"]),
     ]
 }
 
@@ -157,8 +173,10 @@ pub fn build(
             field: "metadata.uid",
         })?;
     let labels = common_labels(&v.name, &v.namespace, &v.uid);
-    let annotations =
-        BTreeMap::from([(ANNOTATION_SERVICE.to_owned(), format!("{}/{}", v.namespace, v.name))]);
+    let annotations = BTreeMap::from([(
+        ANNOTATION_SERVICE.to_owned(),
+        format!("{}/{}", v.namespace, v.name),
+    )]);
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(v.namespace.clone()),
@@ -193,7 +211,7 @@ pub fn build(
         subjects: Some(vec![subject.clone()]),
     };
 
-    let hub_name = hub_rbac_name(&v.namespace, &v.name);
+    let hub_name = hub_rbac_name(&v.namespace);
     let hub_rbac = v
         .hub_namespaces
         .iter()
@@ -227,8 +245,14 @@ pub fn build(
         metadata: meta(&tls.secret_name),
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(BTreeMap::from([
-            (TLS_CRT.to_owned(), ByteString(cert.cert_pem.clone().into_bytes())),
-            (TLS_KEY.to_owned(), ByteString(cert.key_pem.clone().into_bytes())),
+            (
+                TLS_CRT.to_owned(),
+                ByteString(cert.cert_pem.clone().into_bytes()),
+            ),
+            (
+                TLS_KEY.to_owned(),
+                ByteString(cert.key_pem.clone().into_bytes()),
+            ),
             (CA_CRT.to_owned(), ByteString(ca_pem.clone().into_bytes())),
         ])),
         ..Secret::default()
@@ -486,9 +510,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        controller::{LABEL_MANAGED_BY, LABEL_SERVICE_UID, MANAGED_BY},
-        controller::provisioning_service::validate::{Dereferenced, validate},
         controller::NamespaceState,
+        controller::provisioning_service::validate::{Dereferenced, validate},
+        controller::{LABEL_MANAGED_BY, LABEL_SERVICE_UID, MANAGED_BY},
     };
 
     fn settings() -> Settings {
@@ -565,9 +589,15 @@ mod tests {
             assert_eq!(m.owner_references.as_ref().unwrap(), &vec![owner.clone()]);
             let labels = m.labels.as_ref().unwrap();
             assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY);
-            assert_eq!(labels[LABEL_SERVICE_UID], "6f1c2a9e-0000-4000-8000-000000000001");
+            assert_eq!(
+                labels[LABEL_SERVICE_UID],
+                "6f1c2a9e-0000-4000-8000-000000000001"
+            );
         }
-        assert_eq!(c.tls_secret.as_ref().unwrap().metadata.name.as_deref(), Some("dps-tls"));
+        assert_eq!(
+            c.tls_secret.as_ref().unwrap().metadata.name.as_deref(),
+            Some("dps-tls")
+        );
     }
 
     #[test]
@@ -578,9 +608,12 @@ mod tests {
             .iter()
             .map(|(r, _)| r.metadata.namespace.clone().unwrap())
             .collect();
-        assert_eq!(namespaces, BTreeSet::from(["hub-east".into(), "hub-west".into()]));
+        assert_eq!(
+            namespaces,
+            BTreeSet::from(["hub-east".into(), "hub-west".into()])
+        );
         for (role, binding) in &c.hub_rbac {
-            assert_eq!(role.metadata.name.as_deref(), Some("kdps-registration-iot-dps"));
+            assert_eq!(role.metadata.name.as_deref(), Some("kdps-registration-iot"));
             assert!(role.metadata.owner_references.is_none());
             assert_eq!(
                 role.metadata.annotations.as_ref().unwrap()[ANNOTATION_SERVICE],
@@ -593,14 +626,26 @@ mod tests {
                 .flat_map(|r| r.resources.clone().unwrap())
                 .collect();
             assert_eq!(resources, ["devices", "devices/status", "secrets"]);
-            assert!(rules.iter().all(|r| !r.verbs.contains(&"delete".to_owned())
-                && !r.verbs.contains(&"list".to_owned())));
+            assert!(
+                rules
+                    .iter()
+                    .all(|r| !r.verbs.contains(&"delete".to_owned()))
+            );
+            let secrets = rules
+                .iter()
+                .find(|r| r.resources.as_ref().unwrap()[0] == "secrets")
+                .unwrap();
+            assert_eq!(secrets.verbs, ["get", "create", "patch", "update"]);
             let subject = &binding.subjects.as_ref().unwrap()[0];
             assert_eq!(
-                (subject.kind.as_str(), subject.name.as_str(), subject.namespace.as_deref()),
+                (
+                    subject.kind.as_str(),
+                    subject.name.as_str(),
+                    subject.namespace.as_deref()
+                ),
                 ("ServiceAccount", "dps", Some("iot"))
             );
-            assert_eq!(binding.role_ref.name, "kdps-registration-iot-dps");
+            assert_eq!(binding.role_ref.name, "kdps-registration-iot");
         }
     }
 
@@ -619,9 +664,58 @@ mod tests {
         assert_eq!(find("individualenrollments"), ["get", "list", "watch"]);
         // Secrets only by name: no list or watch.
         assert_eq!(find("secrets"), ["get"]);
-        assert_eq!(find("deviceregistrations/status"), ["create", "get", "patch", "update"]);
+        assert_eq!(
+            find("deviceregistrations"),
+            ["get", "list", "create", "patch", "update"]
+        );
+        assert_eq!(
+            find("deviceregistrations/status"),
+            ["get", "patch", "update"]
+        );
+        assert!(
+            rules
+                .iter()
+                .all(|r| !r.verbs.contains(&"delete".to_owned()))
+        );
         assert!(c.hub_rbac.is_empty());
         assert_eq!(c.role_binding.role_ref.name, "dps");
+    }
+
+    /// (group, resource) -> sorted verbs.
+    fn normalize(rules: &[PolicyRule]) -> BTreeMap<(String, String), Vec<String>> {
+        let mut out = BTreeMap::new();
+        for r in rules {
+            for g in r.api_groups.clone().unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    let mut verbs = r.verbs.clone();
+                    verbs.sort();
+                    out.insert((g.clone(), res), verbs);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rules_match_the_service_rbac_manifest() {
+        // tests/k8s/service-rbac.yaml is what the registration service's own tests run with.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/k8s/service-rbac.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let (own, hub) = text
+            .split_once("# ---- per linked hub namespace ----")
+            .unwrap();
+        let role_rules = |part: &str| -> Vec<PolicyRule> {
+            serde_yaml::Deserializer::from_str(part)
+                .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+                .find(|doc| doc["kind"] == "Role")
+                .map(|doc| serde_json::from_value(doc["rules"].clone()).unwrap())
+                .unwrap()
+        };
+        assert_eq!(normalize(&service_rules()), normalize(&role_rules(own)));
+        assert_eq!(normalize(&hub_rules()), normalize(&role_rules(hub)));
     }
 
     #[test]
@@ -632,9 +726,15 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("dps"));
         let psc = pod.security_context.unwrap();
-        assert_eq!((psc.run_as_non_root, psc.run_as_user), (Some(true), Some(65532)));
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user),
+            (Some(true), Some(65532))
+        );
         let ctr = &pod.containers[0];
-        assert_eq!(ctr.image.as_deref(), Some("ghcr.io/kdps-io/kdps-registration:0.1.0"));
+        assert_eq!(
+            ctr.image.as_deref(),
+            Some("ghcr.io/kdps-io/kdps-registration:0.1.0")
+        );
         assert_eq!(ctr.args.as_deref(), Some(&["serve".to_owned()][..]));
         let sc = ctr.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -653,15 +753,33 @@ mod tests {
         assert_eq!(env["KDPS_SERVICE_NAME"].as_deref(), Some("dps"));
         assert_eq!(env["KDPS_LISTEN"].as_deref(), Some("0.0.0.0:8443"));
         assert_eq!(env["KDPS_ADMIN_LISTEN"].as_deref(), Some("0.0.0.0:8081"));
-        assert_eq!(env["KDPS_TLS_CERT"].as_deref(), Some("/etc/kdps/tls/tls.crt"));
-        assert_eq!(env["KDPS_TLS_KEY"].as_deref(), Some("/etc/kdps/tls/tls.key"));
+        assert_eq!(
+            env["KDPS_TLS_CERT"].as_deref(),
+            Some("/etc/kdps/tls/tls.crt")
+        );
+        assert_eq!(
+            env["KDPS_TLS_KEY"].as_deref(),
+            Some("/etc/kdps/tls/tls.key")
+        );
         assert_eq!(env["KDPS_NAMESPACE"], None); // from the downward API
-        let live = ctr.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let live = ctr
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(
             (live.path.as_deref(), &live.port),
             (Some("/healthz"), &IntOrString::String("admin".into()))
         );
-        let ready = ctr.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let ready = ctr
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
         assert!(ctr.resources.as_ref().unwrap().limits.is_some());
         let tls_volume = pod.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap();
@@ -714,7 +832,12 @@ mod tests {
         assert!(c.tls_secret.is_none());
         let pod = c.deployment.spec.template.spec.unwrap();
         assert_eq!(
-            pod.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
             Some("my-cert")
         );
     }
@@ -736,7 +859,10 @@ mod tests {
         ps.metadata.uid = None;
         assert!(matches!(
             build(&ps, &v, &managed_tls(), &settings()),
-            Err(Error::MissingField { field: "metadata.uid", .. })
+            Err(Error::MissingField {
+                field: "metadata.uid",
+                ..
+            })
         ));
     }
 }

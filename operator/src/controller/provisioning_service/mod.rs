@@ -21,7 +21,11 @@
 pub mod build;
 pub mod validate;
 
-use std::{collections::BTreeSet, sync::Arc, time::{Duration, SystemTime}};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -38,9 +42,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
     core::DeserializeGuard,
-    runtime::{
-        Controller, controller::Action, reflector::ObjectRef, watcher,
-    },
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -89,12 +91,18 @@ fn identity(ps: &ProvisioningService) -> Result<(String, String, String), Error>
         field,
     };
     Ok((
-        ps.metadata.name.clone().ok_or_else(|| missing("metadata.name"))?,
+        ps.metadata
+            .name
+            .clone()
+            .ok_or_else(|| missing("metadata.name"))?,
         ps.metadata
             .namespace
             .clone()
             .ok_or_else(|| missing("metadata.namespace"))?,
-        ps.metadata.uid.clone().ok_or_else(|| missing("metadata.uid"))?,
+        ps.metadata
+            .uid
+            .clone()
+            .ok_or_else(|| missing("metadata.uid"))?,
     ))
 }
 
@@ -115,14 +123,28 @@ async fn reconcile_service(ps: &ProvisioningService, ctx: &Context) -> Result<Ac
     let valid = match validate::validate(ps, &name, &namespace, &uid, &deref, SystemTime::now()) {
         Ok(v) => v,
         Err(issues) => {
-            update_status(ps, ctx, &api, &name, StatusInput::Invalid { id_scope, issues }).await?;
+            update_status(
+                ps,
+                ctx,
+                &api,
+                &name,
+                StatusInput::Invalid { id_scope, issues },
+            )
+            .await?;
             // Fixes arrive as watch events (spec, Secrets, siblings); re-check now and then.
             return Ok(Action::requeue(RECHECK));
         }
     };
 
     let now = Timestamp::now();
-    let (tls, ca_bundle, renew_at) = prepare_tls(ps, &valid, ctx, now.as_second()).await?;
+    let (tls, ca_bundle, renew_at) = prepare_tls(
+        ps,
+        &valid,
+        deref.managed_tls_secret.as_ref(),
+        ctx,
+        now.as_second(),
+    )
+    .await?;
     let children = build::build(ps, &valid, &tls, &ctx.settings)?;
     let deployment = apply_children(ctx, &valid, &children).await?;
     update_status(
@@ -139,7 +161,9 @@ async fn reconcile_service(ps: &ProvisioningService, ctx: &Context) -> Result<Ac
     .await?;
     let until_renewal = renew_at
         .map(|t| Duration::from_secs(u64::try_from(t - now.as_second()).unwrap_or(0).max(60)));
-    Ok(Action::requeue(until_renewal.map_or(RECHECK, |d| d.min(RECHECK))))
+    Ok(Action::requeue(
+        until_renewal.map_or(RECHECK, |d| d.min(RECHECK)),
+    ))
 }
 
 async fn dereference(
@@ -153,7 +177,9 @@ async fn dereference(
     let siblings = services
         .list(&ListParams::default())
         .await
-        .map_err(kube_err(format!("listing ProvisioningServices in {namespace}")))?
+        .map_err(kube_err(format!(
+            "listing ProvisioningServices in {namespace}"
+        )))?
         .items
         .into_iter()
         .filter_map(|g| g.0.ok())
@@ -174,23 +200,27 @@ async fn dereference(
             namespaces.insert(ns.clone(), namespace_state(client, ns).await?);
         }
     }
-    let user_tls_secret = match &ps.spec.tls {
-        Some(tls) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            Some(
-                secrets
-                    .get_opt(&tls.secret_name)
-                    .await
-                    .map_err(kube_err(format!("reading Secret {namespace}/{}", tls.secret_name)))?,
-            )
-        }
-        None => None,
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret_name = match &ps.spec.tls {
+        Some(tls) => tls.secret_name.clone(),
+        None => tls_secret_name(&ps.name_any()),
+    };
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(kube_err(format!(
+            "reading Secret {namespace}/{secret_name}"
+        )))?;
+    let (user_tls_secret, managed_tls_secret) = match &ps.spec.tls {
+        Some(_) => (Some(secret), None),
+        None => (None, secret),
     };
     Ok(Dereferenced {
         siblings,
         links,
         namespaces,
         user_tls_secret,
+        managed_tls_secret,
     })
 }
 
@@ -249,7 +279,9 @@ pub async fn operator_ca(ctx: &Context, now: i64) -> Result<Ca, Error> {
                 source: kube::Error::Api(e),
             })
         }
-        Err(e) => Err(kube_err(format!("creating Secret {ns}/{CA_SECRET_NAME}"))(e)),
+        Err(e) => Err(kube_err(format!("creating Secret {ns}/{CA_SECRET_NAME}"))(
+            e,
+        )),
     }
 }
 
@@ -257,6 +289,7 @@ pub async fn operator_ca(ctx: &Context, now: i64) -> Result<Ca, Error> {
 async fn prepare_tls(
     ps: &ProvisioningService,
     v: &Validated,
+    existing: Option<&Secret>,
     ctx: &Context,
     now: i64,
 ) -> Result<(TlsMaterial, Option<String>, Option<i64>), Error> {
@@ -274,12 +307,7 @@ async fn prepare_tls(
     let ca = operator_ca(ctx, now).await?;
     let names = crate::pki::serving_names(&v.name, &v.namespace, &ps.spec.endpoint.dns_names);
     let secret_name = tls_secret_name(&v.name);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &v.namespace);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_err(format!("reading Secret {}/{secret_name}", v.namespace)))?;
-    let kept = existing.as_ref().and_then(|s| {
+    let kept = existing.and_then(|s| {
         ServingCert::from_secret(s, &ca, &names, now)
             .map_err(|why| {
                 tracing::info!(secret = %format!("{}/{secret_name}", v.namespace), reason = why, "issuing a new serving certificate");
@@ -312,21 +340,41 @@ async fn apply_children(
 ) -> Result<Deployment, Error> {
     let client = &ctx.client;
     let ns = &v.namespace;
-    apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), &children.service_account).await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        &children.service_account,
+    )
+    .await?;
     apply(&Api::<Role>::namespaced(client.clone(), ns), &children.role).await?;
-    apply(&Api::<RoleBinding>::namespaced(client.clone(), ns), &children.role_binding).await?;
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        &children.role_binding,
+    )
+    .await?;
     for (role, binding) in &children.hub_rbac {
         let hub_ns = role.metadata.namespace.as_deref().unwrap_or_default();
         apply(&Api::<Role>::namespaced(client.clone(), hub_ns), role).await?;
-        apply(&Api::<RoleBinding>::namespaced(client.clone(), hub_ns), binding).await?;
+        apply(
+            &Api::<RoleBinding>::namespaced(client.clone(), hub_ns),
+            binding,
+        )
+        .await?;
     }
     delete_stale_hub_rbac::<RoleBinding>(ctx, v).await?;
     delete_stale_hub_rbac::<Role>(ctx, v).await?;
     if let Some(secret) = &children.tls_secret {
         apply(&Api::<Secret>::namespaced(client.clone(), ns), secret).await?;
     }
-    apply(&Api::<Service>::namespaced(client.clone(), ns), &children.service).await?;
-    apply(&Api::<Deployment>::namespaced(client.clone(), ns), &children.deployment).await
+    apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &children.service,
+    )
+    .await?;
+    apply(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &children.deployment,
+    )
+    .await
 }
 
 /// Delete this service's hub-namespace `K` (Role or RoleBinding) outside the linked hub
@@ -343,7 +391,12 @@ where
     let list = api
         .list_metadata(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_err(format!("listing {}s of {}/{}", K::kind(&()), v.namespace, v.name)))?;
+        .map_err(kube_err(format!(
+            "listing {}s of {}/{}",
+            K::kind(&()),
+            v.namespace,
+            v.name
+        )))?;
     for obj in list.items {
         let obj_ns = obj.metadata.namespace.clone().unwrap_or_default();
         if obj_ns == v.namespace || v.hub_namespaces.contains(&obj_ns) {
@@ -357,7 +410,12 @@ where
         {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting {} {obj_ns}/{name}", K::kind(&())))(e)),
+            Err(e) => {
+                return Err(kube_err(format!(
+                    "deleting {} {obj_ns}/{name}",
+                    K::kind(&())
+                ))(e));
+            }
         }
     }
     Ok(())
@@ -389,7 +447,14 @@ pub fn ready_from_deployment(
         .unwrap_or(0);
     let name = deployment.metadata.name.as_deref().unwrap_or_default();
     let c = if desired == 0 {
-        condition(CONDITION_READY, false, "ScaledToZero", "spec.replicas is 0", generation, Time(now))
+        condition(
+            CONDITION_READY,
+            false,
+            "ScaledToZero",
+            "spec.replicas is 0",
+            generation,
+            Time(now),
+        )
     } else if ready > 0 {
         condition(
             CONDITION_READY,
@@ -427,7 +492,8 @@ async fn update_status(
             let ready = ready_from_issues(&issues, &Issue::new("Valid", ""), generation, now);
             let mut reconciled = ready.clone();
             reconciled.type_ = CONDITION_RECONCILED.to_owned();
-            let (conditions, changed) = merge_conditions(&current.conditions, vec![ready, reconciled]);
+            let (conditions, changed) =
+                merge_conditions(&current.conditions, vec![ready, reconciled]);
             // Keep what devices already rely on while the spec is being fixed.
             (
                 json!({
@@ -453,7 +519,12 @@ async fn update_status(
                 if valid.hub_namespaces.is_empty() {
                     "none".to_owned()
                 } else {
-                    valid.hub_namespaces.iter().cloned().collect::<Vec<_>>().join(", ")
+                    valid
+                        .hub_namespaces
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             );
             if !valid.waiting_links.is_empty() {
@@ -471,7 +542,8 @@ async fn update_status(
                 Time(now),
             );
             let is_ready = ready.status == "True";
-            let (conditions, changed) = merge_conditions(&current.conditions, vec![ready, reconciled]);
+            let (conditions, changed) =
+                merge_conditions(&current.conditions, vec![ready, reconciled]);
             (
                 json!({
                     "idScope": valid.id_scope,
@@ -504,8 +576,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let services: Api<DeserializeGuard<ProvisioningService>> = ctx.scoped_api();
     let managed = match &ctx.settings.watch_namespace {
-        Some(ns) => watcher::Config::default()
-            .labels(&format!("{MANAGED_SELECTOR},{LABEL_SERVICE_NAMESPACE}={ns}")),
+        Some(ns) => watcher::Config::default().labels(&format!(
+            "{MANAGED_SELECTOR},{LABEL_SERVICE_NAMESPACE}={ns}"
+        )),
         None => watcher::Config::default().labels(MANAGED_SELECTOR),
     };
     let controller = Controller::new(services, watcher::Config::default()).with_config(
@@ -533,7 +606,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 .into_iter()
                 .filter(|g| g.namespace() == ns)
                 .filter(|g| {
-                    g.0.as_ref().ok().and_then(|ps| ps.spec.tls.as_ref())
+                    g.0.as_ref()
+                        .ok()
+                        .and_then(|ps| ps.spec.tls.as_ref())
                         .is_some_and(|t| t.secret_name == name)
                 })
                 .map(|g| ObjectRef::from_obj(g.as_ref()))
@@ -609,7 +684,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             all_services,
         )
         .graceful_shutdown_on(async move { shutdown_signal.cancelled().await })
-        .run(reconcile, error_policy::<ProvisioningService>(CONTROLLER), ctx)
+        .run(
+            reconcile,
+            error_policy::<ProvisioningService>(CONTROLLER),
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
@@ -658,13 +737,19 @@ mod tests {
             ..Deployment::default()
         };
         let (c, n) = ready_from_deployment(2, &d, Some(1), now);
-        assert_eq!((c.status.as_str(), c.reason.as_str(), n), ("False", "ReplicasNotReady", 0));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), n),
+            ("False", "ReplicasNotReady", 0)
+        );
         d.status = Some(DeploymentStatus {
             ready_replicas: Some(1),
             ..DeploymentStatus::default()
         });
         let (c, n) = ready_from_deployment(2, &d, Some(1), now);
-        assert_eq!((c.status.as_str(), c.reason.as_str(), n), ("True", "Available", 1));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), n),
+            ("True", "Available", 1)
+        );
         assert_eq!(c.message, "1 of 2 replicas of Deployment dps are ready");
         let (c, _) = ready_from_deployment(0, &d, Some(1), now);
         assert_eq!(c.reason, "ScaledToZero");
@@ -677,7 +762,10 @@ mod tests {
             ..ObjectMeta::default()
         };
         let r = service_by_annotation(&meta).unwrap();
-        assert_eq!((r.name.as_str(), r.namespace.as_deref()), ("dps", Some("iot")));
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_deref()),
+            ("dps", Some("iot"))
+        );
         assert!(service_by_annotation(&ObjectMeta::default()).is_none());
     }
 }

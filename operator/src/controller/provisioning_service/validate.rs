@@ -10,7 +10,7 @@ use kdps_api::{
 use kube::ResourceExt;
 
 use crate::{
-    controller::{Issue, NamespaceState},
+    controller::{Issue, LABEL_MANAGED_BY, MANAGED_BY, NamespaceState},
     idscope,
     pki::{self, UserTls},
 };
@@ -31,6 +31,8 @@ pub struct Dereferenced {
     pub namespaces: BTreeMap<String, NamespaceState>,
     /// When `spec.tls` is set: the named Secret, if it exists.
     pub user_tls_secret: Option<Option<Secret>>,
+    /// When `spec.tls` is not set: the Secret `<name>-tls` the operator writes, if it exists.
+    pub managed_tls_secret: Option<Secret>,
 }
 
 /// A ProvisioningService that passed validation, with what build needs.
@@ -102,8 +104,13 @@ pub fn validate(
             .iter()
             .filter(|s| s.name_any() != name)
             .filter(|s| {
-                (s.metadata.creation_timestamp.clone(), s.metadata.name.clone())
-                    < (ps.metadata.creation_timestamp.clone(), ps.metadata.name.clone())
+                (
+                    s.metadata.creation_timestamp.clone(),
+                    s.metadata.name.clone(),
+                ) < (
+                    ps.metadata.creation_timestamp.clone(),
+                    ps.metadata.name.clone(),
+                )
             })
             .cloned(),
     ) {
@@ -136,6 +143,19 @@ pub fn validate(
                 ),
             )),
         }
+    }
+    if ps.spec.tls.is_none()
+        && let Some(existing) = &deref.managed_tls_secret
+        && existing.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
+    {
+        // Never overwrite a Secret someone else made (it may hold their own key).
+        issues.push(Issue::new(
+            REASON_CONFLICT,
+            format!(
+                "Secret {:?} exists and was not created by kdps-operator; delete it, or name it in spec.tls.secretName to use it as the serving certificate",
+                existing.name_any()
+            ),
+        ));
     }
     if !issues.is_empty() {
         return Err(issues);
@@ -192,7 +212,11 @@ mod tests {
     #[test]
     fn valid_service_gets_rbac_for_existing_hub_namespaces_only() {
         let deref = Dereferenced {
-            links: vec![link("hub-west", "hub-west"), link("hub-east", "hub-east"), link("bad", "Not_A_Namespace")],
+            links: vec![
+                link("hub-west", "hub-west"),
+                link("hub-east", "hub-east"),
+                link("bad", "Not_A_Namespace"),
+            ],
             namespaces: BTreeMap::from([
                 ("hub-west".into(), NamespaceState::Active),
                 ("hub-east".into(), NamespaceState::Missing),
@@ -212,17 +236,21 @@ mod tests {
         let older = ps(MINIMAL);
         let mut younger = ps(MINIMAL);
         younger.metadata.name = Some("dps2".into());
-        younger.metadata.creation_timestamp = Some(
-            serde_json::from_str("\"2026-02-01T00:00:00Z\"").unwrap(),
-        );
+        younger.metadata.creation_timestamp =
+            Some(serde_json::from_str("\"2026-02-01T00:00:00Z\"").unwrap());
         let deref = Dereferenced {
             siblings: vec![older.clone(), younger.clone()],
             ..Dereferenced::default()
         };
         assert!(validate(&older, "dps", "iot", "u-1", &deref, SystemTime::now()).is_ok());
-        let issues = validate(&younger, "dps2", "iot", "u-2", &deref, SystemTime::now()).unwrap_err();
+        let issues =
+            validate(&younger, "dps2", "iot", "u-2", &deref, SystemTime::now()).unwrap_err();
         assert_eq!(issues[0].reason, REASON_CONFLICT);
-        assert!(issues[0].message.contains("\"dps\" already serves namespace \"iot\""));
+        assert!(
+            issues[0]
+                .message
+                .contains("\"dps\" already serves namespace \"iot\"")
+        );
     }
 
     #[test]
@@ -236,8 +264,35 @@ mod tests {
         };
         let issues = validate(&s, "1dps", "iot", "u", &deref, SystemTime::now()).unwrap_err();
         let reasons: Vec<_> = issues.iter().map(|i| i.reason.as_str()).collect();
-        assert_eq!(reasons, ["InvalidName", "InvalidEndpoint", "SecretNotFound"]);
-        assert!(issues[2].message.contains("Secret \"mine\" does not exist in namespace \"iot\""));
+        assert_eq!(
+            reasons,
+            ["InvalidName", "InvalidEndpoint", "SecretNotFound"]
+        );
+        assert!(
+            issues[2]
+                .message
+                .contains("Secret \"mine\" does not exist in namespace \"iot\"")
+        );
+    }
+
+    #[test]
+    fn an_unmanaged_secret_in_the_way_is_a_conflict() {
+        let mut secret: Secret = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: dps-tls, namespace: iot}",
+        )
+        .unwrap();
+        let mut deref = Dereferenced {
+            managed_tls_secret: Some(secret.clone()),
+            ..Dereferenced::default()
+        };
+        let issues =
+            validate(&ps(MINIMAL), "dps", "iot", "u-1", &deref, SystemTime::now()).unwrap_err();
+        assert_eq!(issues[0].reason, REASON_CONFLICT);
+        assert!(issues[0].message.contains("Secret \"dps-tls\" exists"));
+        secret.metadata.labels =
+            Some([(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned())].into());
+        deref.managed_tls_secret = Some(secret);
+        assert!(validate(&ps(MINIMAL), "dps", "iot", "u-1", &deref, SystemTime::now()).is_ok());
     }
 
     #[test]
