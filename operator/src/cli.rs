@@ -300,14 +300,17 @@ impl RunArgs {
             registration_image_pull_policy: registration_image_pull_policy.as_str().to_owned(),
             concurrency,
         };
+        let (caches, cache_writers) = controller::cache::caches();
         let ctx = Arc::new(Context::new(
             client.clone(),
             settings,
             metrics.clone(),
             identity,
+            caches,
         ));
         let controllers = async {
             tokio::join!(
+                cache_writers.run(client.clone(), watch_namespace.clone(), shutdown.clone()),
                 controller::provisioning_service::run(ctx.clone(), shutdown.clone()),
                 controller::enrollment::run::<IndividualEnrollment>(ctx.clone(), shutdown.clone()),
                 controller::enrollment::run::<EnrollmentGroup>(ctx.clone(), shutdown.clone()),

@@ -6,7 +6,7 @@
 //! | `kdps_operator_reconciles_total` | counter | `controller` |
 //! | `kdps_operator_reconcile_failures_total` | counter | `controller`, `error` |
 //! | `kdps_operator_reconcile_duration_seconds` | histogram | `controller` |
-//! | `kdps_operator_ready_objects` | gauge | `controller` (objects whose last reconcile set `Ready=True`) |
+//! | `kdps_operator_ready_objects` | gauge | `controller` (objects whose last reconcile set `Ready=True`; a deleted object counts until the next restart) |
 //! | `kdps_operator_leader` | gauge | 1 while this process holds the Lease (or runs without leader election) |
 
 use std::{fmt::Write as _, sync::atomic::AtomicI64, time::Instant};

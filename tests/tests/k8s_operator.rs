@@ -746,18 +746,11 @@ async fn hub_rbac_of_a_deleted_service_is_removed() {
     })
     .await;
     let services: Api<ProvisioningService> = Api::namespaced(client.clone(), &n);
-    assert_eq!(
-        services
-            .get("dps")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .id_scope
-            .as_deref(),
-        Some("0ne00000A11"),
-        "a spec idScope is published as is"
-    );
+    let id_scope = eventually(&mut op, WAIT, "status.idScope", || async {
+        services.get("dps").await.ok()?.status?.id_scope
+    })
+    .await;
+    assert_eq!(id_scope, "0ne00000A11", "a spec idScope is published as is");
     // Delete while the operator is down: the sweep at start-up removes the hub RBAC.
     assert!(op.stop().success());
     services
@@ -927,6 +920,23 @@ spec:
         message.contains("IoTHubLink \"hub-missing\" does not exist"),
         "{message}"
     );
+
+    // The link appears: the enrollment is re-validated at once (triggered from the operator's
+    // link cache, which already holds the new link).
+    cluster().apply(&format!(
+        "apiVersion: kdps.io/v1alpha1\nkind: IoTHubLink\nmetadata: {{name: hub-missing, namespace: {n}}}\nspec: {{hostName: hub-b.example.com, deviceNamespace: {hub}}}\n"
+    ));
+    eventually(
+        &mut op,
+        Duration::from_secs(30),
+        "dev-2 no longer UnknownIoTHub",
+        || async {
+            let st = individuals.get("dev-2").await.ok()?.status?;
+            let (_, reason, message) = ready_of(&st.conditions)?;
+            (reason == "SecretNotFound" && !message.contains("IoTHubLink")).then_some(())
+        },
+    )
+    .await;
 
     // The Secret appears: Ready flips without waiting for a periodic resync (minutes).
     let started = Instant::now();

@@ -8,7 +8,11 @@
 //! IoTHubLinks and ProvisioningServices, so a Secret that appears flips `Ready` to True
 //! without waiting for a resync. Groups also get `registrationCount`.
 
-use std::{fmt::Debug, sync::Arc, time::SystemTime};
+use std::{
+    fmt::Debug,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -27,18 +31,23 @@ use kdps_api::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::ListParams,
     core::DeserializeGuard,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use x509_parser::{certificate::X509Certificate, pem::Pem, prelude::FromDer};
 
 use crate::controller::{
     Context, Error, Issue, REASON_VALID, RECHECK, SECRET_FIELD_SELECTOR, SECRET_LABEL_SELECTOR,
-    apply_status, count, error_policy, invalid_object, kube_err, merge_conditions,
-    namespace_service, object_key, publish_ready, ready_from_issues,
+    apply_status, cache::Change, count, error_policy, invalid_object, kube_err, merge_conditions,
+    object_key, publish_ready, ready_from_issues, status_unchanged,
 };
 
 /// What the controller needs from either enrollment kind.
@@ -63,13 +72,49 @@ pub trait Enrollment:
     fn conditions(&self) -> &[Condition];
     /// Kind-specific status fields (besides conditions and observedGeneration).
     fn status_fields(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// The current status as JSON (to skip writes that change nothing).
+    fn current_status(&self) -> Option<serde_json::Value>;
+    /// PEM fields whose certificates' validity windows decide `Ready` over time.
+    fn certificate_pems(&self) -> Vec<&str>;
     /// Whether `registrationCount` is kept.
     const COUNTS_REGISTRATIONS: bool;
+    /// Longest time between two checks of a valid object.
+    const RECHECK: Duration;
 }
 
 impl Enrollment for IndividualEnrollment {
     const CONTROLLER: &'static str = "individualenrollment";
     const COUNTS_REGISTRATIONS: bool = false;
+    // Individual enrollments can number one per device: besides watch events, they are only
+    // re-checked when a certificate's validity window opens or closes, or every 6 hours.
+    const RECHECK: Duration = Duration::from_secs(6 * 3600);
+
+    fn current_status(&self) -> Option<serde_json::Value> {
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+    }
+
+    fn certificate_pems(&self) -> Vec<&str> {
+        let mut pems: Vec<&str> = self
+            .spec
+            .attestation
+            .x509
+            .iter()
+            .flat_map(|x| {
+                x.client_certificates
+                    .iter()
+                    .map(|(_, c)| c.certificate.as_str())
+            })
+            .collect();
+        pems.extend(
+            self.spec
+                .custom_allocation
+                .as_ref()
+                .and_then(|c| c.ca_bundle.as_deref()),
+        );
+        pems
+    }
 
     fn validate_self(&self, now: SystemTime) -> Result<(), Vec<kdps_api::validation::Problem>> {
         validate_individual_enrollment(self, now)
@@ -108,6 +153,35 @@ impl Enrollment for IndividualEnrollment {
 impl Enrollment for EnrollmentGroup {
     const CONTROLLER: &'static str = "enrollmentgroup";
     const COUNTS_REGISTRATIONS: bool = true;
+    // Groups are few; their registrationCount is refreshed every 5 minutes.
+    const RECHECK: Duration = RECHECK;
+
+    fn current_status(&self) -> Option<serde_json::Value> {
+        self.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+    }
+
+    fn certificate_pems(&self) -> Vec<&str> {
+        let mut pems: Vec<&str> = self
+            .spec
+            .attestation
+            .x509
+            .iter()
+            .flat_map(|x| {
+                x.signing_certificates
+                    .iter()
+                    .map(|(_, c)| c.certificate.as_str())
+            })
+            .collect();
+        pems.extend(
+            self.spec
+                .custom_allocation
+                .as_ref()
+                .and_then(|c| c.ca_bundle.as_deref()),
+        );
+        pems
+    }
 
     fn validate_self(&self, now: SystemTime) -> Result<(), Vec<kdps_api::validation::Problem>> {
         validate_enrollment_group(self, now)
@@ -141,7 +215,7 @@ impl Enrollment for EnrollmentGroup {
 }
 
 /// What validation needs besides the enrollment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Dereferenced {
     /// The key Secret, when the enrollment references one: `Some(None)` when it is missing.
     pub secret: Option<Option<Secret>>,
@@ -149,6 +223,25 @@ pub struct Dereferenced {
     pub service: Option<ProvisioningService>,
     /// The namespace's IoTHubLinks.
     pub links: Vec<IoTHubLink>,
+}
+
+impl Debug for Dereferenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dereferenced")
+            .field(
+                "secret",
+                &self
+                    .secret
+                    .as_ref()
+                    .map(|s| s.as_ref().map(crate::controller::describe_secret)),
+            )
+            .field(
+                "service",
+                &self.service.as_ref().map(|s| s.metadata.name.clone()),
+            )
+            .field("links", &self.links.len())
+            .finish()
+    }
 }
 
 /// Every issue of `enrollment` in `namespace` (pure).
@@ -213,21 +306,29 @@ async fn dereference<E: Enrollment>(
         }
         None => None,
     };
-    let links_api: Api<DeserializeGuard<IoTHubLink>> =
-        Api::namespaced(ctx.client.clone(), namespace);
-    let links = links_api
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err(format!("listing IoTHubLinks in {namespace}")))?
-        .items
-        .into_iter()
-        .filter_map(|g| g.0.ok())
-        .collect();
+    // Links and the service come from the caches the triggers come from (see cache.rs).
     Ok(Dereferenced {
         secret,
-        service: namespace_service(&ctx.client, namespace).await?,
-        links,
+        service: ctx.caches.service_of(namespace),
+        links: ctx.caches.links_in(namespace),
     })
+}
+
+/// The next time after `now` (Unix seconds) at which a certificate in `pems` becomes valid or
+/// expires: `Ready` can change then without any edit.
+pub fn next_validity_change(pems: &[&str], now: i64) -> Option<i64> {
+    pems.iter()
+        .flat_map(|pem| Pem::iter_from_buffer(pem.as_bytes()).filter_map(Result::ok))
+        .filter(|p| p.label == "CERTIFICATE")
+        .filter_map(|p| {
+            X509Certificate::from_der(&p.contents).ok().map(|(_, c)| {
+                let v = c.validity();
+                [v.not_before.timestamp(), v.not_after.timestamp()]
+            })
+        })
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
 }
 
 /// Reconcile one enrollment.
@@ -279,20 +380,47 @@ pub async fn reconcile<E: Enrollment>(
             Err(e) => tracing::debug!(object = %key, error = %e, "counting registrations failed"),
         }
     }
-    let api: Api<DeserializeGuard<E>> = Api::namespaced(ctx.client.clone(), &namespace);
-    apply_status::<E>(&api, &name, serde_json::Value::Object(status)).await?;
+    let status = serde_json::Value::Object(status);
+    if !status_unchanged(enrollment.current_status().as_ref(), &status) {
+        let api: Api<DeserializeGuard<E>> = Api::namespaced(ctx.client.clone(), &namespace);
+        apply_status::<E>(&api, &name, status).await?;
+    }
     ctx.record_ready(E::CONTROLLER, &key, is_ready);
     if changed && let Some(c) = ready_condition(&conditions) {
         publish_ready(&ctx, &enrollment.object_ref(&()), c, "Validate").await;
     }
     ctx.backoff.reset(&key);
-    // Certificates expire and counts change without any watch event.
-    Ok(Action::requeue(RECHECK))
+    // Certificates become valid or expire without any watch event.
+    let next = next_validity_change(&enrollment.certificate_pems(), now.as_second())
+        .map(|t| Duration::from_secs(u64::try_from(t - now.as_second()).unwrap_or(0) + 1));
+    Ok(Action::requeue(
+        next.map_or(E::RECHECK, |d| d.min(E::RECHECK)),
+    ))
+}
+
+/// The enrollments of the controller's store that a cache change can affect.
+fn affected<E: Enrollment>(
+    store: &Store<DeserializeGuard<E>>,
+    change: &Change,
+) -> Vec<ObjectRef<DeserializeGuard<E>>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|g| match change {
+            Change::Link { namespace, .. } | Change::Service { namespace } => {
+                g.namespace().as_deref() == Some(namespace.as_str())
+            }
+            Change::Lagged => true,
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
 }
 
 /// Run the controller of enrollment kind `E` until `shutdown` fires.
 pub async fn run<E: Enrollment>(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    let changes = ctx.caches.subscribe();
+    ctx.caches.ready().await;
     let api: Api<DeserializeGuard<E>> = ctx.scoped_api();
     let controller = Controller::new(api, watcher::Config::default()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
@@ -317,24 +445,11 @@ pub async fn run<E: Enrollment>(ctx: Arc<Context>, shutdown: CancellationToken) 
                 .collect::<Vec<_>>()
         }
     };
-    let by_namespace = {
-        let store = store.clone();
-        move |ns: Option<String>| {
-            store
-                .state()
-                .into_iter()
-                .filter(|g| g.namespace() == ns)
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    let by_namespace2 = by_namespace.clone();
+    let triggers = changes.flat_map(move |change| futures::stream::iter(affected(&store, &change)));
     let secrets: Api<DeserializeGuard<Secret>> = match &ctx.settings.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let links: Api<DeserializeGuard<IoTHubLink>> = ctx.scoped_api();
-    let services: Api<DeserializeGuard<ProvisioningService>> = ctx.scoped_api();
     let shutdown_signal = shutdown.clone();
     controller
         .watches(
@@ -344,12 +459,7 @@ pub async fn run<E: Enrollment>(ctx: Arc<Context>, shutdown: CancellationToken) 
                 .fields(SECRET_FIELD_SELECTOR),
             by_secret,
         )
-        .watches(links, watcher::Config::default(), move |l| {
-            by_namespace(l.namespace())
-        })
-        .watches(services, watcher::Config::default(), move |s| {
-            by_namespace2(s.namespace())
-        })
+        .reconcile_on(triggers)
         .graceful_shutdown_on(async move { shutdown_signal.cancelled().await })
         .run(reconcile::<E>, error_policy::<E>(E::CONTROLLER), ctx)
         .for_each(|result| async move {
@@ -417,6 +527,24 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_keys() {
+        let deref = Dereferenced {
+            secret: Some(Some(secret("k", &[("primaryKey", KEY)]))),
+            service: None,
+            links: vec![],
+        };
+        let text = format!("{deref:?}");
+        assert!(
+            text.contains("Secret iot/k (keys") && text.contains("values redacted"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(KEY) && !text.contains("77, 68, 69"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn bad_key_and_unknown_hub_are_reported_without_key_material() {
         let group: EnrollmentGroup = serde_yaml::from_str(GROUP).unwrap();
         let deref = Dereferenced {
@@ -446,6 +574,22 @@ mod tests {
         let fields = ie.status_fields();
         assert_eq!(fields["registrationId"], "dev-1");
         assert_eq!(fields["attestationType"], "x509");
+    }
+
+    #[test]
+    fn requeue_follows_certificate_validity_windows() {
+        let now = 1_800_000_000;
+        let ca = crate::pki::Ca::generate(now).unwrap();
+        let before = now - 3 * 86_400;
+        // Not yet valid: the next change is notBefore; valid: notAfter; garbage is ignored.
+        let next_from_before = next_validity_change(&[&ca.cert_pem, "garbage"], before).unwrap();
+        assert!(next_from_before > before && next_from_before <= now);
+        assert_eq!(
+            next_validity_change(&[&ca.cert_pem], now),
+            Some(ca.not_after)
+        );
+        assert_eq!(next_validity_change(&[&ca.cert_pem], ca.not_after), None);
+        assert_eq!(next_validity_change(&[], now), None);
     }
 
     #[test]

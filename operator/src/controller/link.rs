@@ -23,9 +23,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{
-    Context, Error, Issue, NamespaceState, REASON_VALID, RECHECK, apply_status, count,
-    error_policy, invalid_object, merge_conditions, namespace_service, namespace_state, object_key,
-    publish_ready, ready_from_issues,
+    Context, Error, Issue, NamespaceState, REASON_VALID, RECHECK, apply_status, cache::Change,
+    count, error_policy, invalid_object, merge_conditions, namespace_state, object_key,
+    publish_ready, ready_from_issues, status_unchanged,
 };
 
 /// Controller name (metrics label).
@@ -87,7 +87,8 @@ pub async fn reconcile(
         field: "metadata.namespace",
     })?;
     let name = link.name_any();
-    let service = namespace_service(&ctx.client, &namespace).await?;
+    // From the cache the service triggers come from (see cache.rs).
+    let service = ctx.caches.service_of(&namespace);
     let device_ns = &link.spec.device_namespace;
     let ns_state = if kdps_api::names::is_dns1123_label(device_ns) {
         Some(namespace_state(&ctx.client, device_ns).await?)
@@ -127,8 +128,12 @@ pub async fn reconcile(
             Err(e) => tracing::debug!(object = %key, error = %e, "counting devices failed"),
         }
     }
-    let api: Api<DeserializeGuard<IoTHubLink>> = Api::namespaced(ctx.client.clone(), &namespace);
-    apply_status::<IoTHubLink>(&api, &name, serde_json::Value::Object(status)).await?;
+    let status = serde_json::Value::Object(status);
+    if !status_unchanged(link.status.as_ref(), &status) {
+        let api: Api<DeserializeGuard<IoTHubLink>> =
+            Api::namespaced(ctx.client.clone(), &namespace);
+        apply_status::<IoTHubLink>(&api, &name, status).await?;
+    }
     ctx.record_ready(CONTROLLER, &key, issues.is_empty());
     if changed && let Some(c) = ready_condition(&conditions) {
         publish_ready(&ctx, &link.object_ref(&()), c, "Validate").await;
@@ -139,6 +144,8 @@ pub async fn reconcile(
 
 /// Run the controller until `shutdown` fires.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let changes = ctx.caches.subscribe();
+    ctx.caches.ready().await;
     let api: Api<DeserializeGuard<IoTHubLink>> = ctx.scoped_api();
     let controller = Controller::new(api, watcher::Config::default()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
@@ -156,15 +163,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 .collect::<Vec<_>>()
         }
     };
-    let by_namespace = move |ns: Option<String>| {
-        store
-            .state()
-            .into_iter()
-            .filter(|g| g.namespace() == ns)
-            .map(|g| ObjectRef::from_obj(g.as_ref()))
-            .collect::<Vec<_>>()
-    };
-    let services: Api<DeserializeGuard<ProvisioningService>> = ctx.scoped_api();
+    // Links depend on their namespace's ProvisioningService (regions).
+    let triggers = changes.flat_map(move |change| {
+        let refs: Vec<_> = match change {
+            Change::Service { namespace } => store
+                .state()
+                .into_iter()
+                .filter(|g| g.namespace().as_deref() == Some(namespace.as_str()))
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect(),
+            Change::Lagged => store
+                .state()
+                .into_iter()
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect(),
+            // A link's own changes come from the controller's primary watch.
+            Change::Link { .. } => Vec::new(),
+        };
+        futures::stream::iter(refs)
+    });
     let shutdown_signal = shutdown.clone();
     controller
         .watches(
@@ -172,9 +189,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             watcher::Config::default(),
             by_device_namespace,
         )
-        .watches(services, watcher::Config::default(), move |s| {
-            by_namespace(s.namespace())
-        })
+        .reconcile_on(triggers)
         .graceful_shutdown_on(async move { shutdown_signal.cancelled().await })
         .run(reconcile, error_policy::<IoTHubLink>(CONTROLLER), ctx)
         .for_each(|result| async move {

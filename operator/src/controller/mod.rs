@@ -14,6 +14,7 @@
 //! watch: such an object gets a Warning Event and waits for its next change. Failed reconciles
 //! are retried with per-object exponential backoff ([`crate::backoff`]).
 
+pub mod cache;
 pub mod enrollment;
 pub mod hub_rbac;
 pub mod link;
@@ -33,7 +34,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kdps_api::{
-    v1alpha1::{CONDITION_READY, ProvisioningService, ready_condition},
+    v1alpha1::{CONDITION_READY, ready_condition},
     validation::Problem,
 };
 use kube::{
@@ -117,6 +118,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Serialises creation of the CA Secret between concurrent reconciles.
     pub ca_lock: tokio::sync::Mutex<()>,
+    /// Cached IoTHubLinks and ProvisioningServices, and their change notifications.
+    pub caches: cache::Caches,
     ready: Mutex<HashMap<&'static str, HashSet<String>>>,
 }
 
@@ -135,6 +138,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
         instance: String,
+        caches: cache::Caches,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -150,6 +154,7 @@ impl Context {
             metrics,
             backoff: Backoff::default(),
             ca_lock: tokio::sync::Mutex::new(()),
+            caches,
             ready: Mutex::default(),
         }
     }
@@ -385,6 +390,37 @@ where
     )))
 }
 
+/// Whether `desired` (a status as JSON, nulls meaning absent) equals the current status, so
+/// the write can be skipped: most periodic reconciles change nothing.
+pub(crate) fn status_unchanged<S: Serialize>(
+    current: Option<&S>,
+    desired: &serde_json::Value,
+) -> bool {
+    let Some(current) = current.and_then(|c| serde_json::to_value(c).ok()) else {
+        return false;
+    };
+    let mut desired = desired.clone();
+    if let Some(map) = desired.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    current == desired
+}
+
+/// A Secret for Debug output: its name and key names, never its values.
+pub(crate) fn describe_secret(secret: &k8s_openapi::api::core::v1::Secret) -> String {
+    let keys: Vec<&str> = secret
+        .data
+        .iter()
+        .flat_map(|d| d.keys())
+        .map(String::as_str)
+        .collect();
+    format!(
+        "Secret {}/{} (keys {keys:?}, values redacted)",
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Publish an Event about `reference`; failures are logged, never fatal.
 pub(crate) async fn publish(
     ctx: &Context,
@@ -470,23 +506,6 @@ where
         tracing::warn!(object = %key, error = %error, retry_in = ?delay, "reconcile failed");
         Action::requeue(delay)
     }
-}
-
-/// The oldest ProvisioningService in `namespace`, which owns the namespace's links and
-/// enrollments (one per namespace; later ones are reported as conflicting).
-pub(crate) async fn namespace_service(
-    client: &Client,
-    namespace: &str,
-) -> Result<Option<ProvisioningService>, Error> {
-    let api: Api<DeserializeGuard<ProvisioningService>> =
-        Api::namespaced(client.clone(), namespace);
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err(format!(
-            "listing ProvisioningServices in {namespace}"
-        )))?;
-    Ok(oldest(list.items.into_iter().filter_map(|g| g.0.ok())))
 }
 
 /// The oldest object (by creation time, then name).
@@ -623,6 +642,7 @@ mod tests {
             },
             Arc::new(Metrics::new()),
             "test".into(),
+            cache::caches().0,
         ))
     }
 
@@ -690,6 +710,25 @@ mod tests {
             err.error
         );
         assert_eq!(object_key(&guard), "IoTHubLink/iot/a");
+    }
+
+    #[test]
+    fn unchanged_status_is_detected() {
+        let ok = Issue::new("Valid", "ok");
+        let c = ready_from_issues(&[], &ok, Some(1), now());
+        let current = kdps_api::v1alpha1::IoTHubLinkStatus {
+            device_count: Some(2),
+            observed_generation: Some(1),
+            conditions: vec![c.clone()],
+        };
+        let same = serde_json::json!({"deviceCount": 2, "observedGeneration": 1, "conditions": [c], "x": null});
+        assert!(status_unchanged(Some(&current), &same));
+        let other =
+            serde_json::json!({"deviceCount": 3, "observedGeneration": 1, "conditions": [c]});
+        assert!(!status_unchanged(Some(&current), &other));
+        assert!(!status_unchanged::<kdps_api::v1alpha1::IoTHubLinkStatus>(
+            None, &same
+        ));
     }
 
     #[test]

@@ -259,6 +259,25 @@ impl EmbeddedRegistry {
             .map_err(|e| storage(operation)(&e))?
         })
     }
+
+    /// A point read (one key) run on the calling task. Such a read takes microseconds (an
+    /// MVCC snapshot and one B-tree descent, from redb's cache or the OS page cache), less
+    /// than handing it to the blocking pool and back, which costs two thread wake-ups per
+    /// read (found profiling `bench/`; see BENCHMARKS.md). Listings stay on [`Self::read`].
+    fn read_point<T, F>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> BoxFuture<'_, Result<T, RegistryError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, RegistryError> + Send + 'static,
+    {
+        Box::pin(async move {
+            let txn = st!(operation, self.db.begin_read())?;
+            f(&txn)
+        })
+    }
 }
 
 impl Drop for EmbeddedRegistry {
@@ -589,7 +608,7 @@ impl Registry for EmbeddedRegistry {
         registration_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<RegistrationRecord>, RegistryError>> {
         let id = canonical_registration_id(registration_id);
-        self.read("get registration", move |txn| {
+        self.read_point("get registration", move |txn| {
             let table = st!("get registration", txn.open_table(REGISTRATIONS))?;
             let found = st!("get registration", table.get(id.as_str()))?;
             found
@@ -622,7 +641,7 @@ impl Registry for EmbeddedRegistry {
         device_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<DeviceRecord>, RegistryError>> {
         let (ns, id) = (namespace.to_owned(), device_id.to_owned());
-        self.read("get device", move |txn| {
+        self.read_point("get device", move |txn| {
             let table = st!("get device", txn.open_table(DEVICES))?;
             let found = st!("get device", table.get((ns.as_str(), id.as_str())))?;
             found
@@ -637,7 +656,7 @@ impl Registry for EmbeddedRegistry {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<DeviceSecret>, RegistryError>> {
         let (ns, name) = (namespace.to_owned(), name.to_owned());
-        self.read("get secret", move |txn| {
+        self.read_point("get secret", move |txn| {
             let table = st!("get secret", txn.open_table(SECRETS))?;
             let found = st!("get secret", table.get((ns.as_str(), name.as_str())))?;
             found

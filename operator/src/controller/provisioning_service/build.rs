@@ -58,8 +58,9 @@ pub struct TlsMaterial {
     pub cert_sha256: String,
 }
 
-/// Every object the operator keeps for one ProvisioningService.
-#[derive(Clone, Debug, PartialEq)]
+/// Every object the operator keeps for one ProvisioningService. Debug output never shows the
+/// TLS Secret's data.
+#[derive(Clone, PartialEq)]
 pub struct Children {
     /// The service's identity.
     pub service_account: ServiceAccount,
@@ -76,6 +77,26 @@ pub struct Children {
     pub deployment: Deployment,
     /// How devices reach it.
     pub service: Service,
+}
+
+impl std::fmt::Debug for Children {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Children")
+            .field("service_account", &self.service_account)
+            .field("role", &self.role)
+            .field("role_binding", &self.role_binding)
+            .field("hub_rbac", &self.hub_rbac)
+            .field(
+                "tls_secret",
+                &self
+                    .tls_secret
+                    .as_ref()
+                    .map(crate::controller::describe_secret),
+            )
+            .field("deployment", &self.deployment)
+            .field("service", &self.service)
+            .finish()
+    }
 }
 
 /// The Secret holding the operator-issued serving certificate of service `name`.
@@ -597,6 +618,18 @@ mod tests {
         assert_eq!(
             c.tls_secret.as_ref().unwrap().metadata.name.as_deref(),
             Some("dps-tls")
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let c = build_for("{}", &[]);
+        let text = format!("{c:?}");
+        assert!(text.contains("values redacted"), "{text}");
+        // "KEY" is the fixture's private key PEM.
+        assert!(
+            !text.contains("75, 69, 89") && !text.contains("\"KEY\""),
+            "{text}"
         );
     }
 

@@ -57,6 +57,7 @@ use crate::{
         LABEL_SERVICE_UID, MANAGED_BY, MANAGED_SELECTOR, SECRET_FIELD_SELECTOR,
         SECRET_LABEL_SELECTOR, apply, apply_status, error_policy, invalid_object, kube_err,
         merge_conditions, namespace_state, object_key, publish_ready, ready_from_issues,
+        status_unchanged,
     },
     idscope,
     pki::{CA_SECRET_NAME, Ca, ServingCert},
@@ -563,7 +564,9 @@ async fn update_status(
         map.retain(|_, v| !v.is_null());
         map.insert("conditions".to_owned(), json!(conditions));
     }
-    apply_status::<ProvisioningService>(api, name, status).await?;
+    if !status_unchanged(ps.status.as_ref(), &status) {
+        apply_status::<ProvisioningService>(api, name, status).await?;
+    }
     ctx.record_ready(CONTROLLER, &object_key(ps), ready);
     if changed && let Some(c) = kdps_api::v1alpha1::ready_condition(&conditions) {
         publish_ready(ctx, &ps.object_ref(&()), c, "Reconcile").await;

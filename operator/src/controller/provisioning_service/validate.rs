@@ -20,8 +20,8 @@ pub const REASON_CONFLICT: &str = "Conflict";
 /// Condition reason: the name cannot be used for the Service.
 pub const REASON_INVALID_NAME: &str = "InvalidName";
 
-/// What dereference read for one ProvisioningService.
-#[derive(Clone, Debug, Default)]
+/// What dereference read for one ProvisioningService. Debug output never shows Secret data.
+#[derive(Clone, Default)]
 pub struct Dereferenced {
     /// The other ProvisioningServices in the namespace.
     pub siblings: Vec<ProvisioningService>,
@@ -33,6 +33,22 @@ pub struct Dereferenced {
     pub user_tls_secret: Option<Option<Secret>>,
     /// When `spec.tls` is not set: the Secret `<name>-tls` the operator writes, if it exists.
     pub managed_tls_secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Dereferenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<Secret>| s.as_ref().map(crate::controller::describe_secret);
+        f.debug_struct("Dereferenced")
+            .field("siblings", &self.siblings.len())
+            .field("links", &self.links.len())
+            .field("namespaces", &self.namespaces)
+            .field(
+                "user_tls_secret",
+                &self.user_tls_secret.as_ref().map(secret),
+            )
+            .field("managed_tls_secret", &secret(&self.managed_tls_secret))
+            .finish()
+    }
 }
 
 /// A ProvisioningService that passed validation, with what build needs.
