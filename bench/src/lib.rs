@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fixtures;
 pub mod handshake;
+pub mod kube;
 pub mod load;
 pub mod populate;
 pub mod procfs;

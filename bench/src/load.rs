@@ -141,8 +141,7 @@ impl Shared {
             }
             Workload::Tpm { devices } => {
                 let device = devices.get(i % devices.len().max(1)).ok_or("config")?;
-                let config =
-                    crate::tls::client_config(&self.roots, None).map_err(|_| "config")?;
+                let config = crate::tls::client_config(&self.roots, None).map_err(|_| "config")?;
                 let started = Instant::now();
                 return match device
                     .register(
@@ -319,7 +318,11 @@ pub async fn run(config: LoadConfig, workload: Workload) -> Result<Summary, Benc
         errors,
         concurrency: config.concurrency,
         elapsed_seconds: elapsed,
-        throughput: if elapsed > 0.0 { ok as f64 / elapsed } else { 0.0 },
+        throughput: if elapsed > 0.0 {
+            ok as f64 / elapsed
+        } else {
+            0.0
+        },
         latency_ms: Latency::of(&mut latencies),
         server,
         client_cpu_us_per_op: client_cpu,

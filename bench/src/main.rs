@@ -13,7 +13,7 @@ use kdps_bench::fixtures::{self, DeviceCa};
 use kdps_bench::load::{self, LoadConfig, Workload};
 use kdps_bench::tls::ClientIdentity;
 use kdps_bench::tpm::SoftTpmDevice;
-use kdps_bench::{handshake, populate, report, serving};
+use kdps_bench::{handshake, populate, procfs, report, serving};
 
 /// kdps load generator and benchmark helpers.
 #[derive(Debug, Parser)]
@@ -97,6 +97,47 @@ enum Command {
         /// Name of the record.
         #[arg(long, default_value = "serving")]
         label: String,
+        /// Append the record (JSON) to this file.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
+    /// Baseline for the Kubernetes backend: raw creates of the Secret, Device and
+    /// DeviceRegistration of each device (KUBECONFIG selects the apiserver).
+    KubeCreate {
+        /// Row name.
+        #[arg(long, default_value = "kube-raw-create")]
+        label: String,
+        /// Namespace of the ProvisioningService (DeviceRegistrations go there).
+        #[arg(long)]
+        namespace: String,
+        /// Devices to create.
+        #[arg(long)]
+        devices: usize,
+        /// Devices in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Registration IDs are PREFIX-NNNNNNNN.
+        #[arg(long)]
+        prefix: String,
+        /// PID of kube-apiserver (sampled as the server).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Other processes to sample, NAME=PID (e.g. etcd=123, operator=456).
+        #[arg(long = "watch-pid", value_parser = parse_watch)]
+        watch: Vec<(String, u32)>,
+        /// Append the summary (JSON) to this file.
+        #[arg(long)]
+        results: Option<PathBuf>,
+    },
+    /// Record the current and peak RSS of processes (e.g. operator and service after the
+    /// 100k-device rows) and their sum.
+    Rss {
+        /// Name of the record.
+        #[arg(long)]
+        label: String,
+        /// Processes, NAME=PID.
+        #[arg(long = "pid", value_parser = parse_watch, required = true)]
+        pids: Vec<(String, u32)>,
         /// Append the record (JSON) to this file.
         #[arg(long)]
         results: Option<PathBuf>,
@@ -188,9 +229,58 @@ struct LoadArgs {
     /// Server PID to sample (peak RSS from /proc/PID/status VmHWM, CPU time).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Other processes to sample, NAME=PID (e.g. apiserver=123, etcd=456, operator=789).
+    #[arg(long = "watch-pid", value_parser = parse_watch)]
+    watch: Vec<(String, u32)>,
     /// Append the summary (JSON) to this file.
     #[arg(long)]
     results: Option<PathBuf>,
+}
+
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{s:?}: {pid:?} is not a PID"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// Samples extra processes around a row and records them in the summary's `extra`.
+struct Watch(Vec<(String, u32, Option<procfs::ProcSample>)>);
+
+impl Watch {
+    fn start(pids: &[(String, u32)]) -> Watch {
+        Watch(
+            pids.iter()
+                .map(|(n, p)| (n.clone(), *p, procfs::sample(*p)))
+                .collect(),
+        )
+    }
+
+    fn finish(self, summary: &mut kdps_bench::stats::Summary) {
+        for (name, pid, before) in self.0 {
+            let (Some(before), Some(after)) = (before, procfs::sample(pid)) else {
+                summary.extra.insert(
+                    name,
+                    serde_json::json!({"pid": pid, "error": "process gone"}),
+                );
+                continue;
+            };
+            let cpu = after.cpu_seconds - before.cpu_seconds;
+            summary.extra.insert(
+                name,
+                serde_json::json!({
+                    "pid": pid,
+                    "peak_rss_mib": after.vm_hwm_kib as f64 / 1024.0,
+                    "rss_mib": after.vm_rss_kib as f64 / 1024.0,
+                    "cpu_seconds": cpu,
+                    "cpu_us_per_op": if summary.ok > 0 { cpu * 1e6 / summary.ok as f64 } else { 0.0 },
+                }),
+            );
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -310,6 +400,62 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{json}");
             append(results.as_deref(), &json)
         }
+        Command::KubeCreate {
+            label,
+            namespace,
+            devices,
+            concurrency,
+            prefix,
+            server_pid,
+            watch,
+            results,
+        } => {
+            let watch = Watch::start(&watch);
+            let mut summary = kdps_bench::kube::raw_create(kdps_bench::kube::CreateConfig {
+                label,
+                namespace,
+                devices,
+                concurrency,
+                prefix,
+                server_pid,
+            })
+            .await?;
+            watch.finish(&mut summary);
+            emit(&summary, results.as_deref())
+        }
+        Command::Rss {
+            label,
+            pids,
+            results,
+        } => {
+            let mut processes = serde_json::Map::new();
+            let (mut rss, mut peak) = (0.0, 0.0);
+            for (name, pid) in pids {
+                let sample = procfs::sample(pid)
+                    .ok_or_else(|| anyhow::anyhow!("process {name} (PID {pid}) is gone"))?;
+                let (r, p) = (
+                    sample.vm_rss_kib as f64 / 1024.0,
+                    sample.vm_hwm_kib as f64 / 1024.0,
+                );
+                rss += r;
+                peak += p;
+                processes.insert(
+                    name,
+                    serde_json::json!({"pid": pid, "rss_mib": r, "peak_rss_mib": p}),
+                );
+            }
+            eprintln!("{label}: RSS {rss:.1} MiB (sum of peaks {peak:.1} MiB)");
+            let json = serde_json::json!({
+                "record": "memory",
+                "label": label,
+                "processes": processes,
+                "total_rss_mib": rss,
+                "total_peak_rss_mib": peak,
+            })
+            .to_string();
+            println!("{json}");
+            append(results.as_deref(), &json)
+        }
         Command::FreePort => {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             println!("{}", listener.local_addr()?.port());
@@ -404,11 +550,19 @@ fn load_config(args: &LoadArgs, devices: usize, warmup: usize, prefix: String) -
 
 async fn finish_load(args: &LoadArgs, workload: Workload, warmup: usize) -> anyhow::Result<()> {
     let config = load_config(args, args.devices, warmup, args.prefix.clone());
-    let summary = load::run(config, workload).await?;
+    let watch = Watch::start(&args.watch);
+    let mut summary = load::run(config, workload).await?;
+    watch.finish(&mut summary);
+    emit(&summary, args.results.as_deref())
+}
+
+/// Prints a row (one line on stderr, JSON on stdout), appends it to the results file, and
+/// fails when nothing succeeded.
+fn emit(summary: &kdps_bench::stats::Summary, results: Option<&Path>) -> anyhow::Result<()> {
     eprintln!("{}", summary.line());
-    let json = serde_json::to_string(&summary)?;
+    let json = serde_json::to_string(summary)?;
     println!("{json}");
-    append(args.results.as_deref(), &json)?;
+    append(results, &json)?;
     if summary.ok == 0 {
         anyhow::bail!("no operation succeeded ({:?})", summary.errors);
     }

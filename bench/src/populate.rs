@@ -159,10 +159,7 @@ pub async fn populate(
     tokio::task::spawn_blocking(move || drop(durable))
         .await
         .map_err(|e| BenchError::Config(e.to_string()))?;
-    let file_mib = std::fs::metadata(path)
-        .map_err(BenchError::io(path))?
-        .len() as f64
-        / 1048576.0;
+    let file_mib = std::fs::metadata(path).map_err(BenchError::io(path))?.len() as f64 / 1048576.0;
     Ok(PopulateReport {
         devices: count as u64 + 1,
         registrations_in_store,

@@ -193,7 +193,10 @@ pub fn markdown_ratios(rows: &[Summary]) -> String {
                 continue;
             }
             let ratio = num / den * 100.0;
-            let cpu = match (median_cpu(rows, t.numerator, c), median_cpu(rows, t.denominator, c)) {
+            let cpu = match (
+                median_cpu(rows, t.numerator, c),
+                median_cpu(rows, t.denominator, c),
+            ) {
                 (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
                 (Some(a), None) => format!("{a:.0} / –"),
                 _ => "–".to_owned(),
@@ -249,7 +252,15 @@ mod tests {
             row("handshake-baseline", 64, 1000.0),
         ];
         let t = markdown_ratios(&rows);
-        assert!(t.contains("| embedded-symkey | handshake-baseline | 8 | 700 | 1000 | 70 % | ≥ 70 % | yes |"), "{t}");
-        assert!(t.contains("| 64 | 500 | 1000 | 50 % | ≥ 70 % | no |"), "{t}");
+        assert!(
+            t.contains(
+                "| embedded-symkey | handshake-baseline | 8 | 700 | 1000 | 70 % | ≥ 70 % | yes |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 64 | 500 | 1000 | 50 % | ≥ 70 % | no |"),
+            "{t}"
+        );
     }
 }

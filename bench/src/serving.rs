@@ -40,9 +40,12 @@ pub struct Probe {
 async fn readyz(admin: SocketAddr) -> bool {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.ok()?;
         Some(head.starts_with(b"HTTP/1.1 200"))
@@ -56,7 +59,10 @@ async fn readyz(admin: SocketAddr) -> bool {
 
 /// Waits for readiness, then registers one new device; times are measured from
 /// `started_unix_nanos` (when the caller started the service process).
-pub async fn wait_serving(probe: &Probe, started_unix_nanos: u128) -> Result<ServingTimes, BenchError> {
+pub async fn wait_serving(
+    probe: &Probe,
+    started_unix_nanos: u128,
+) -> Result<ServingTimes, BenchError> {
     let since = |now: SystemTime| {
         let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         now.saturating_sub(started_unix_nanos) as f64 / 1e9

@@ -118,7 +118,11 @@ impl SoftTpmDevice {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
                 .saturating_add(SAS_TTL.as_secs());
-            let sr = sas::encode_sr(&id_scope, &registration_id, sas::SrEncoding::UrlEncodedUpper);
+            let sr = sas::encode_sr(
+                &id_scope,
+                &registration_id,
+                sas::SrEncoding::UrlEncodedUpper,
+            );
             let sig = tpm
                 .hmac(sas::string_to_sign(&sr, se).as_bytes())
                 .map_err(|e| TpmRegisterError::Activation(e.to_string()))?;
@@ -226,7 +230,9 @@ impl SoftTpmDevice {
                 }
             }
         }
-        Err(TpmRegisterError::Protocol("still pending after 60 polls".into()))
+        Err(TpmRegisterError::Protocol(
+            "still pending after 60 polls".into(),
+        ))
     }
 }
 
