@@ -13,11 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kdps_registration::registry::embedded::{EmbeddedOptions, EmbeddedRegistry};
-use kdps_registration::registry::{
-    AttestationType, DeviceAuthentication, DeviceCapabilities, DeviceRecord, DeviceSecret,
-    DeviceTwin, EnrollmentKind, EnrollmentRef, HubAssignment, IdentityWrite, RegistrationRecord,
-    RegistrationRef, RegistrationStatus, Registry as _, Substatus, device_secret_name,
-};
+use kdps_registration::registry::sample::symmetric_key_write;
+use kdps_registration::registry::{DeviceTwin, HubAssignment, IdentityWrite, Registry as _};
 use serde::Serialize;
 
 use crate::error::BenchError;
@@ -55,49 +52,16 @@ pub fn identity(registration_id: &str, i: usize) -> IdentityWrite {
         link_name: link.into(),
         device_namespace: namespace.into(),
     };
-    let mut registration = RegistrationRecord::new(
-        registration_id,
-        EnrollmentRef {
-            kind: EnrollmentKind::Group,
-            name: GROUP.into(),
-        },
-        AttestationType::SymmetricKey,
-        RegistrationStatus::Assigned,
-    );
-    registration.assigned_hub = Some(hub.clone());
-    registration.initial_hub = Some(hub.clone());
-    registration.device_id = Some(registration_id.to_owned());
-    registration.substatus = Some(Substatus::InitialAssignment);
-    let secret_name = device_secret_name(registration_id);
     let mut key = [0u8; 32];
     for (k, b) in key.iter_mut().zip(registration_id.bytes().cycle()) {
         *k = b;
     }
-    IdentityWrite {
-        secret: Some(DeviceSecret {
-            namespace: namespace.into(),
-            name: secret_name.clone(),
-            primary_key: key.to_vec(),
-            secondary_key: key.iter().rev().copied().collect(),
-        }),
-        device: DeviceRecord {
-            device_id: registration_id.to_owned(),
-            namespace: namespace.into(),
-            hub_host_name: host.into(),
-            link_name: link.into(),
-            authentication: DeviceAuthentication::SymmetricKey { secret_name },
-            capabilities: DeviceCapabilities::default(),
-            twin: DeviceTwin::default(),
-            enabled: true,
-            registration: RegistrationRef {
-                namespace: Some(NAMESPACE.into()),
-                registration_id: registration_id.to_owned(),
-            },
-        },
-        previous_device: None,
-        registration,
-        expected_etag: None,
-    }
+    let keys = (key.to_vec(), key.iter().rev().copied().collect());
+    let mut write = symmetric_key_write(registration_id, GROUP, hub, keys, None);
+    // What the engine writes for this group: no initial twin, the service's namespace.
+    write.device.twin = DeviceTwin::default();
+    write.device.registration.namespace = Some(NAMESPACE.into());
+    write
 }
 
 /// Writes `count` devices `PREFIX-NNNNNNNN` into the store at `path` (created if missing).

@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use kdps_registration::registry::embedded::{DEFAULT_FILE_NAME, EmbeddedOptions, EmbeddedRegistry};
+use kdps_registration::registry::sample::symmetric_key_write;
 use kdps_registration::registry::{
-    AttestationType, DeviceAuthentication, DeviceCapabilities, DeviceRecord, DeviceRef,
-    DeviceSecret, DeviceTwin, EnrollmentKind, EnrollmentRef, HubAssignment, IdentityWrite,
-    LastError, RegistrationRecord, RegistrationRef, RegistrationStatus, Registry, RegistryError,
-    Substatus, device_secret_name,
+    AttestationType, DeviceAuthentication, DeviceRef, EnrollmentKind, EnrollmentRef, HubAssignment,
+    IdentityWrite, LastError, RegistrationRecord, RegistrationStatus, Registry, RegistryError,
+    device_secret_name,
 };
 
 fn hub(ns: &str) -> HubAssignment {
@@ -22,50 +22,13 @@ fn hub(ns: &str) -> HubAssignment {
 
 /// A complete symmetric-key identity write for `registration_id` on the hub of namespace `ns`.
 fn write_for(registration_id: &str, ns: &str, expected_etag: Option<String>) -> IdentityWrite {
-    let device_id = registration_id.to_ascii_lowercase();
-    let secret_name = device_secret_name(&device_id);
-    let hub = hub(ns);
-    let mut registration = RegistrationRecord::new(
+    symmetric_key_write(
         registration_id,
-        EnrollmentRef {
-            kind: EnrollmentKind::Group,
-            name: "sensors".into(),
-        },
-        AttestationType::SymmetricKey,
-        RegistrationStatus::Assigned,
-    );
-    registration.assigned_hub = Some(hub.clone());
-    registration.initial_hub = Some(hub.clone());
-    registration.device_id = Some(device_id.clone());
-    registration.substatus = Some(Substatus::InitialAssignment);
-    IdentityWrite {
-        secret: Some(DeviceSecret {
-            namespace: ns.into(),
-            name: secret_name.clone(),
-            primary_key: vec![1; 32],
-            secondary_key: vec![2; 32],
-        }),
-        device: DeviceRecord {
-            device_id,
-            namespace: ns.into(),
-            hub_host_name: hub.host_name.clone(),
-            link_name: hub.link_name.clone(),
-            authentication: DeviceAuthentication::SymmetricKey { secret_name },
-            capabilities: DeviceCapabilities::default(),
-            twin: DeviceTwin {
-                tags: serde_json::json!({"site": "lab"}),
-                desired: serde_json::json!({"interval": 30}),
-            },
-            enabled: true,
-            registration: RegistrationRef {
-                namespace: None,
-                registration_id: registration_id.into(),
-            },
-        },
-        previous_device: None,
-        registration,
+        "sensors",
+        hub(ns),
+        (vec![1; 32], vec![2; 32]),
         expected_etag,
-    }
+    )
 }
 
 fn open(dir: &tempfile::TempDir) -> EmbeddedRegistry {

@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kdps_registration::registry::embedded::{EmbeddedOptions, EmbeddedRegistry};
-use kdps_registration::registry::{
-    AttestationType, DeviceAuthentication, DeviceCapabilities, DeviceRecord, DeviceSecret,
-    DeviceTwin, EnrollmentKind, EnrollmentRef, HubAssignment, IdentityWrite, RegistrationRecord,
-    RegistrationRef, RegistrationStatus, Registry, Substatus, device_secret_name,
-};
+use kdps_registration::registry::sample::symmetric_key_write;
+use kdps_registration::registry::{HubAssignment, IdentityWrite, Registry};
 
 fn write_for(i: usize) -> IdentityWrite {
     let id = format!("sensor-{i:08}");
@@ -28,48 +25,9 @@ fn write_for(i: usize) -> IdentityWrite {
         link_name: ns.into(),
         device_namespace: ns.into(),
     };
-    let mut registration = RegistrationRecord::new(
-        &id,
-        EnrollmentRef {
-            kind: EnrollmentKind::Group,
-            name: "sensors".into(),
-        },
-        AttestationType::SymmetricKey,
-        RegistrationStatus::Assigned,
-    );
-    registration.assigned_hub = Some(hub.clone());
-    registration.initial_hub = Some(hub.clone());
-    registration.device_id = Some(id.clone());
-    registration.substatus = Some(Substatus::InitialAssignment);
-    let secret_name = device_secret_name(&id);
-    IdentityWrite {
-        secret: Some(DeviceSecret {
-            namespace: ns.into(),
-            name: secret_name.clone(),
-            primary_key: vec![7; 32],
-            secondary_key: vec![9; 32],
-        }),
-        device: DeviceRecord {
-            device_id: id.clone(),
-            namespace: ns.into(),
-            hub_host_name: hub.host_name.clone(),
-            link_name: hub.link_name.clone(),
-            authentication: DeviceAuthentication::SymmetricKey { secret_name },
-            capabilities: DeviceCapabilities::default(),
-            twin: DeviceTwin {
-                tags: serde_json::json!({"site": "lab"}),
-                desired: serde_json::json!({"interval": 30}),
-            },
-            enabled: true,
-            registration: RegistrationRef {
-                namespace: Some("iot".into()),
-                registration_id: id,
-            },
-        },
-        previous_device: None,
-        registration,
-        expected_etag: None,
-    }
+    let mut write = symmetric_key_write(&id, "sensors", hub, (vec![7; 32], vec![9; 32]), None);
+    write.device.registration.namespace = Some("iot".into());
+    write
 }
 
 fn proc_status(field: &str) -> String {

@@ -36,6 +36,7 @@
 //! allocation per call is negligible next to a storage round trip.
 
 pub mod embedded;
+pub mod sample;
 
 use std::fmt;
 use std::future::Future;
