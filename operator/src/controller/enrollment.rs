@@ -46,7 +46,7 @@ use x509_parser::{certificate::X509Certificate, pem::Pem, prelude::FromDer};
 
 use crate::controller::{
     Context, Error, Issue, REASON_VALID, RECHECK, SECRET_FIELD_SELECTOR, SECRET_LABEL_SELECTOR,
-    apply_status, cache::Change, count, error_policy, invalid_object, kube_err, merge_conditions,
+    apply_status, cache::Change, error_policy, invalid_object, kube_err, merge_conditions,
     object_key, publish_ready, ready_from_issues, status_unchanged,
 };
 
@@ -153,7 +153,7 @@ impl Enrollment for IndividualEnrollment {
 impl Enrollment for EnrollmentGroup {
     const CONTROLLER: &'static str = "enrollmentgroup";
     const COUNTS_REGISTRATIONS: bool = true;
-    // Groups are few; their registrationCount is refreshed every 5 minutes.
+    // Groups are few; they are re-validated (and registrationCount refreshed) every 5 minutes.
     const RECHECK: Duration = RECHECK;
 
     fn current_status(&self) -> Option<serde_json::Value> {
@@ -372,7 +372,15 @@ pub async fn reconcile<E: Enrollment>(
             "{LABEL_ENROLLMENT}={}",
             format!("{}.{name}", E::kind(&())).to_ascii_lowercase()
         );
-        match count(&registrations, &selector).await {
+        match ctx
+            .counts
+            .get(
+                &format!("{}/{key}", E::CONTROLLER),
+                &registrations,
+                &selector,
+            )
+            .await
+        {
             Ok(n) => {
                 status.insert("registrationCount".to_owned(), json!(n));
             }

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::controller::{
     Context, Error, Issue, NamespaceState, REASON_VALID, RECHECK, apply_status, cache::Change,
-    count, error_policy, invalid_object, merge_conditions, namespace_state, object_key,
-    publish_ready, ready_from_issues, status_unchanged,
+    error_policy, invalid_object, merge_conditions, namespace_state, object_key, publish_ready,
+    ready_from_issues, status_unchanged,
 };
 
 /// Controller name (metrics label).
@@ -121,7 +121,12 @@ pub async fn reconcile(
     status.insert("conditions".to_owned(), json!(conditions));
     if ns_state == Some(NamespaceState::Active) {
         let devices: Api<Device> = Api::namespaced(ctx.client.clone(), device_ns);
-        match count(&devices, &format!("{LABEL_HUB_LINK}={name}")).await {
+        let selector = format!("{LABEL_HUB_LINK}={name}");
+        match ctx
+            .counts
+            .get(&format!("{CONTROLLER}/{key}"), &devices, &selector)
+            .await
+        {
             Ok(n) => {
                 status.insert("deviceCount".to_owned(), json!(n));
             }

@@ -120,6 +120,8 @@ pub struct Context {
     pub ca_lock: tokio::sync::Mutex<()>,
     /// Cached IoTHubLinks and ProvisioningServices, and their change notifications.
     pub caches: cache::Caches,
+    /// Last counts of Devices per link and DeviceRegistrations per group.
+    pub counts: Counts,
     ready: Mutex<HashMap<&'static str, HashSet<String>>>,
 }
 
@@ -155,6 +157,7 @@ impl Context {
             backoff: Backoff::default(),
             ca_lock: tokio::sync::Mutex::new(()),
             caches,
+            counts: Counts::default(),
             ready: Mutex::default(),
         }
     }
@@ -543,6 +546,47 @@ pub enum NamespaceState {
 }
 
 /// Count objects matching `selector` with paged metadata-only lists (never a full list).
+/// The last counts of labelled objects (a link's Devices, a group's DeviceRegistrations), so
+/// that the reconcile each of the operator's own status writes triggers reuses a recent count
+/// instead of listing every Device again. Without it, a registration burst made every new
+/// device cost a full list of its namespace (found by the 100k-device benchmark).
+#[derive(Debug, Default)]
+pub struct Counts(Mutex<HashMap<String, (std::time::Instant, i64)>>);
+
+impl Counts {
+    /// How old a count may be before it is taken again.
+    pub const MAX_AGE: Duration = Duration::from_secs(60);
+    /// Entries kept at most (objects are few; this only bounds deleted objects' leftovers).
+    const MAX_ENTRIES: usize = 10_000;
+
+    /// The count of `api` objects matching `selector`, remembered under `key`.
+    pub async fn get<K>(&self, key: &str, api: &Api<K>, selector: &str) -> Result<i64, kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < Self::MAX_AGE)
+            .map(|(_, n)| *n);
+        if let Some(n) = fresh {
+            return Ok(n);
+        }
+        let n = count(api, selector).await?;
+        let mut all = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.len() >= Self::MAX_ENTRIES {
+            all.clear();
+        }
+        all.insert(key.to_owned(), (std::time::Instant::now(), n));
+        Ok(n)
+    }
+}
+
 pub(crate) async fn count<K>(api: &Api<K>, selector: &str) -> Result<i64, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,

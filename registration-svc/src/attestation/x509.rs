@@ -10,10 +10,11 @@
 //! - enrollment group ([`verify_group`]): the same leaf checks, then the chain from the leaf up to
 //!   the certificate issued by the enrolled signing certificate is checked link by link (issuer
 //!   names, signatures, validity, CA basic constraints, keyCertSign, path length, EKU, unknown
-//!   critical extensions), each failure with its own error, and finally the whole path is
-//!   re-validated by rustls-webpki with the signing certificate as the only trust anchor (for v3
-//!   device certificates; v1 device certificates, which webpki does not support, are accepted
-//!   unless a CA on the path has name constraints).
+//!   critical extensions), each failure with its own error, and the whole path is validated by
+//!   rustls-webpki with the signing certificate as the only trust anchor (for v3 device
+//!   certificates; v1 device certificates, which webpki does not support, are accepted unless a
+//!   CA on the path has name constraints). Each signature is verified once on success: by webpki
+//!   for v3 chains, by the link checks for v1 ones.
 //!
 //! [`matching_group`] finds the group a chain belongs to, [`CertificateInfo`] describes a
 //! certificate for `registrationState.x509`. Time is passed in as Unix seconds.
@@ -383,33 +384,13 @@ fn verify_path(
         .position(|c| issued_by(c, anchor))
         .ok_or(AttestationError::UnknownIssuer)?;
 
-    // Links inside the presented chain: certs[j] issued by certs[j + 1].
-    for j in 0..top {
-        let (Some(cert), Some(issuer)) = (certs.get(j), certs.get(j + 1)) else {
-            return Err(AttestationError::UnknownIssuer);
-        };
-        let issuer_pos = position(j + 1);
-        check_signature(cert, position(j), issuer)?;
-        check_validity(issuer, issuer_pos, now)?;
-        // `j` CA certificates lie between this issuer and the leaf.
-        check_issuer(issuer, issuer_pos, j)?;
-        check_eku(issuer, issuer_pos)?;
-        check_critical_extensions(issuer, issuer_pos)?;
-    }
-
-    // The last link: certs[top] issued by the enrolled certificate.
-    let top_cert = certs.get(top).ok_or(AttestationError::UnknownIssuer)?;
-    check_signature(top_cert, position(top), anchor)?;
-    let anchor_pos = CertPosition::EnrolledSigningCertificate;
-    check_validity(anchor, anchor_pos, now)?;
-    check_issuer(anchor, anchor_pos, top)?;
-
     // rustls-webpki accepts only v3 certificates, but `openssl x509 -req` without extensions
     // issues v1 device certificates and Azure DPS accepts them. A v1 certificate has no
-    // extensions, so all the checks above apply to it; the only webpki check it would miss is
-    // name constraints, hence v1 device certificates are refused under a name-constrained CA.
+    // extensions, so the link checks cover it; the only webpki check it would miss is name
+    // constraints, hence v1 device certificates are refused under a name-constrained CA.
     let leaf = certs.first().ok_or(AttestationError::MissingCertificate)?;
     if leaf.version() != X509Version::V3 {
+        check_links(certs, top, anchor, now, Signatures::Verify)?;
         let constrained = certs
             .get(1..=top)
             .unwrap_or(&[])
@@ -424,7 +405,73 @@ fn verify_path(
         return Ok(());
     }
 
-    // Defence in depth: the same path through rustls-webpki (name constraints, encoding rules).
+    // Signature checks are the expensive part of a registration (profiled: two per link when
+    // both the link checks and webpki verified them). webpki verifies every signature on the
+    // path (plus name constraints and encoding rules); the link checks then add our own rules
+    // without verifying signatures again. When webpki refuses the path, the link checks run
+    // with signatures to name the specific reason, and webpki's verdict stands otherwise.
+    match webpki_path(chain, top, anchor_der, now) {
+        Ok(()) => check_links(certs, top, anchor, now, Signatures::VerifiedByWebpki),
+        Err(rejected) => {
+            check_links(certs, top, anchor, now, Signatures::Verify)?;
+            Err(rejected)
+        }
+    }
+}
+
+/// Whether [`check_links`] verifies signatures itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signatures {
+    Verify,
+    VerifiedByWebpki,
+}
+
+/// The link-by-link checks of `certs[0..=top]` + `anchor`, each failure with its own error.
+fn check_links(
+    certs: &[X509Certificate<'_>],
+    top: usize,
+    anchor: &X509Certificate<'_>,
+    now: u64,
+    signatures: Signatures,
+) -> Result<(), AttestationError> {
+    let link = |cert: &X509Certificate<'_>, pos: CertPosition, issuer: &X509Certificate<'_>| {
+        if signatures == Signatures::Verify {
+            check_signature(cert, pos, issuer)
+        } else if cert.issuer().as_raw() != issuer.subject().as_raw() {
+            Err(AttestationError::IssuerMismatch { position: pos })
+        } else {
+            Ok(())
+        }
+    };
+    // Links inside the presented chain: certs[j] issued by certs[j + 1].
+    for j in 0..top {
+        let (Some(cert), Some(issuer)) = (certs.get(j), certs.get(j + 1)) else {
+            return Err(AttestationError::UnknownIssuer);
+        };
+        let issuer_pos = position(j + 1);
+        link(cert, position(j), issuer)?;
+        check_validity(issuer, issuer_pos, now)?;
+        // `j` CA certificates lie between this issuer and the leaf.
+        check_issuer(issuer, issuer_pos, j)?;
+        check_eku(issuer, issuer_pos)?;
+        check_critical_extensions(issuer, issuer_pos)?;
+    }
+
+    // The last link: certs[top] issued by the enrolled certificate.
+    let top_cert = certs.get(top).ok_or(AttestationError::UnknownIssuer)?;
+    link(top_cert, position(top), anchor)?;
+    let anchor_pos = CertPosition::EnrolledSigningCertificate;
+    check_validity(anchor, anchor_pos, now)?;
+    check_issuer(anchor, anchor_pos, top)
+}
+
+/// The path `chain[0..=top]` through rustls-webpki with `anchor_der` as the only trust anchor.
+fn webpki_path(
+    chain: &[CertificateDer<'_>],
+    top: usize,
+    anchor_der: &CertificateDer<'_>,
+    now: u64,
+) -> Result<(), AttestationError> {
     let trust_anchor = webpki::anchor_from_trusted_cert(anchor_der)
         .map_err(|e| invalid_enrollment(&format!("signing certificate rejected: {e}")))?;
     let leaf_der = chain.first().ok_or(AttestationError::MissingCertificate)?;
