@@ -10,7 +10,11 @@ use kdps_api::v1alpha1::{
     Device, DeviceRegistration, EnrollmentGroup, IndividualEnrollment, IoTHubLink,
     ProvisioningService,
 };
-use kube::{Api, Client, Resource, api::ListParams, core::DeserializeGuard};
+use kube::{
+    Api, Client, Resource,
+    api::{ListParams, PartialObjectMeta},
+    core::DeserializeGuard,
+};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +124,11 @@ pub struct RunArgs {
     #[arg(long, env = "KDPS_OPERATOR_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
+    /// Seconds a published `deviceCount` / `registrationCount` stands before a changed count
+    /// replaces it (bounds status writes during registration bursts).
+    #[arg(long, env = "KDPS_OPERATOR_COUNT_INTERVAL_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub count_interval_seconds: u64,
     /// Seconds to wait at start for the kdps.io CRDs to be served before giving up.
     #[arg(long, env = "KDPS_OPERATOR_CRD_WAIT_SECONDS", default_value_t = 60)]
     pub crd_wait_seconds: u64,
@@ -237,6 +246,7 @@ impl RunArgs {
             registration_image_pull_policy,
             admin_listen,
             concurrency,
+            count_interval_seconds,
             crd_wait_seconds,
             leader:
                 LeaderArgs {
@@ -299,6 +309,7 @@ impl RunArgs {
             registration_image,
             registration_image_pull_policy: registration_image_pull_policy.as_str().to_owned(),
             concurrency,
+            count_interval: std::time::Duration::from_secs(count_interval_seconds),
         };
         let (caches, cache_writers) = controller::cache::caches();
         let ctx = Arc::new(Context::new(
@@ -316,6 +327,15 @@ impl RunArgs {
                 controller::enrollment::run::<EnrollmentGroup>(ctx.clone(), shutdown.clone()),
                 controller::link::run(ctx.clone(), shutdown.clone()),
                 controller::hub_rbac::run(client.clone(), watch_namespace, shutdown.clone()),
+                // Devices live in hub namespaces, wherever the operator watches kdps.io objects.
+                ctx.counts.devices.run(
+                    Api::<PartialObjectMeta<Device>>::all(client.clone()),
+                    shutdown.clone()
+                ),
+                ctx.counts.registrations.run(
+                    ctx.scoped_api::<PartialObjectMeta<DeviceRegistration>>(),
+                    shutdown.clone()
+                ),
             );
         };
         let lease_task = async {

@@ -1039,6 +1039,47 @@ async fn link_to_a_missing_namespace_waits_for_it() {
     .await;
 }
 
+/// `deviceCount` comes from a watch of the Devices labelled with the link, published at most
+/// once per `--count-interval-seconds`.
+#[tokio::test]
+async fn link_device_count_follows_devices() {
+    let ns = TempNs::new("kdps-count");
+    let n = ns.name.clone();
+    let hub = format!("{n}-hub");
+    cluster().kubectl_ok(&["create", "namespace", &hub]);
+    let _cleanup = scopeguard_ns(hub.clone());
+    let client = admin().await;
+    let mut op = Operator::start_with(&n, &n, &["--count-interval-seconds", "1"], &[]);
+    let device = |i: usize, link: &str| {
+        format!(
+            "---\napiVersion: kdps.io/v1alpha1\nkind: Device\nmetadata: {{name: dev-{i}, namespace: {hub}, labels: {{kdps.io/hub-link: {link}}}}}\nspec: {{deviceId: dev-{i}, hub: {{hostName: hub.example.com, linkName: {link}}}, authentication: {{type: certificateAuthority}}}}\n"
+        )
+    };
+    let mut yaml = format!(
+        "apiVersion: kdps.io/v1alpha1\nkind: IoTHubLink\nmetadata: {{name: hub, namespace: {n}}}\nspec: {{hostName: hub.example.com, deviceNamespace: {hub}}}\n"
+    );
+    for i in 0..3 {
+        yaml.push_str(&device(i, "hub"));
+    }
+    yaml.push_str(&device(3, "other"));
+    cluster().apply(&yaml);
+    let links: Api<IoTHubLink> = Api::namespaced(client.clone(), &n);
+    eventually(&mut op, WAIT, "deviceCount 3", || async {
+        let st = links.get("hub").await.ok()?.status?;
+        (st.device_count == Some(3)).then_some(())
+    })
+    .await;
+    // More devices, then any change of the link: the new count once the interval has passed.
+    cluster().apply(&(device(4, "hub") + &device(5, "hub")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster().kubectl_ok(&["-n", &n, "annotate", "iothublink", "hub", "touched=1"]);
+    eventually(&mut op, WAIT, "deviceCount 5", || async {
+        let st = links.get("hub").await.ok()?.status?;
+        (st.device_count == Some(5)).then_some(())
+    })
+    .await;
+}
+
 /// Deletes namespace `name` when dropped.
 fn scopeguard_ns(name: String) -> impl Drop {
     struct Guard(String);

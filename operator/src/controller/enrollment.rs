@@ -21,8 +21,8 @@ use k8s_openapi::{
 };
 use kdps_api::{
     v1alpha1::{
-        DeviceRegistration, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, IoTHubLink,
-        LABEL_ENROLLMENT, ProvisioningService, SecretKeyRef, ready_condition,
+        EnrollmentGroup, EnrollmentSettings, IndividualEnrollment, IoTHubLink, ProvisioningService,
+        SecretKeyRef, ready_condition,
     },
     validation::{
         Reason, validate_enrollment_group, validate_enrollment_references,
@@ -365,28 +365,20 @@ pub async fn reconcile<E: Enrollment>(
     let mut status = enrollment.status_fields();
     status.insert("observedGeneration".to_owned(), json!(generation));
     status.insert("conditions".to_owned(), json!(conditions));
+    let mut recheck = E::RECHECK;
     if E::COUNTS_REGISTRATIONS {
-        let registrations: Api<DeviceRegistration> =
-            Api::namespaced(ctx.client.clone(), &namespace);
-        let selector = format!(
-            "{LABEL_ENROLLMENT}={}",
-            format!("{}.{name}", E::kind(&())).to_ascii_lowercase()
+        let label = format!("{}.{name}", E::kind(&())).to_ascii_lowercase();
+        let published = ctx.counts.publish(
+            &format!("{}/{key}", E::CONTROLLER),
+            ctx.counts.registrations.count(&namespace, &label),
+            enrollment
+                .current_status()
+                .and_then(|s| s.get("registrationCount")?.as_i64()),
         );
-        match ctx
-            .counts
-            .get(
-                &format!("{}/{key}", E::CONTROLLER),
-                &registrations,
-                &selector,
-            )
-            .await
-        {
-            Ok(n) => {
-                status.insert("registrationCount".to_owned(), json!(n));
-            }
-            // A label value longer than 63 characters cannot be selected; no count then.
-            Err(e) => tracing::debug!(object = %key, error = %e, "counting registrations failed"),
+        if let Some(n) = published.value {
+            status.insert("registrationCount".to_owned(), json!(n));
         }
+        recheck = published.recheck.map_or(recheck, |d| d.min(recheck));
     }
     let status = serde_json::Value::Object(status);
     if !status_unchanged(enrollment.current_status().as_ref(), &status) {
@@ -401,9 +393,7 @@ pub async fn reconcile<E: Enrollment>(
     // Certificates become valid or expire without any watch event.
     let next = next_validity_change(&enrollment.certificate_pems(), now.as_second())
         .map(|t| Duration::from_secs(u64::try_from(t - now.as_second()).unwrap_or(0) + 1));
-    Ok(Action::requeue(
-        next.map_or(E::RECHECK, |d| d.min(E::RECHECK)),
-    ))
+    Ok(Action::requeue(next.map_or(recheck, |d| d.min(recheck))))
 }
 
 /// The enrollments of the controller's store that a cache change can affect.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
 use kdps_api::{
-    v1alpha1::{Device, IoTHubLink, LABEL_HUB_LINK, ProvisioningService, ready_condition},
+    v1alpha1::{IoTHubLink, ProvisioningService, ready_condition},
     validation::{validate_iot_hub_link, validate_link_references},
 };
 use kube::{
@@ -119,19 +119,17 @@ pub async fn reconcile(
     let mut status = serde_json::Map::new();
     status.insert("observedGeneration".to_owned(), json!(generation));
     status.insert("conditions".to_owned(), json!(conditions));
+    let mut recheck = RECHECK;
     if ns_state == Some(NamespaceState::Active) {
-        let devices: Api<Device> = Api::namespaced(ctx.client.clone(), device_ns);
-        let selector = format!("{LABEL_HUB_LINK}={name}");
-        match ctx
-            .counts
-            .get(&format!("{CONTROLLER}/{key}"), &devices, &selector)
-            .await
-        {
-            Ok(n) => {
-                status.insert("deviceCount".to_owned(), json!(n));
-            }
-            Err(e) => tracing::debug!(object = %key, error = %e, "counting devices failed"),
+        let published = ctx.counts.publish(
+            &format!("{CONTROLLER}/{key}"),
+            ctx.counts.devices.count(device_ns, &name),
+            link.status.as_ref().and_then(|s| s.device_count),
+        );
+        if let Some(n) = published.value {
+            status.insert("deviceCount".to_owned(), json!(n));
         }
+        recheck = published.recheck.map_or(recheck, |d| d.min(recheck));
     }
     let status = serde_json::Value::Object(status);
     if !status_unchanged(link.status.as_ref(), &status) {
@@ -144,7 +142,7 @@ pub async fn reconcile(
         publish_ready(&ctx, &link.object_ref(&()), c, "Validate").await;
     }
     ctx.backoff.reset(&key);
-    Ok(Action::requeue(RECHECK))
+    Ok(Action::requeue(recheck))
 }
 
 /// Run the controller until `shutdown` fires.

@@ -15,6 +15,7 @@
 //! are retried with per-object exponential backoff ([`crate::backoff`]).
 
 pub mod cache;
+pub mod counts;
 pub mod enrollment;
 pub mod hub_rbac;
 pub mod link;
@@ -39,7 +40,7 @@ use kdps_api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         controller::Action,
@@ -102,6 +103,8 @@ pub struct Settings {
     pub registration_image_pull_policy: String,
     /// Reconciles running at once per controller.
     pub concurrency: u16,
+    /// How long a published device/registration count stands.
+    pub count_interval: Duration,
 }
 
 /// Shared state of all controllers.
@@ -120,8 +123,8 @@ pub struct Context {
     pub ca_lock: tokio::sync::Mutex<()>,
     /// Cached IoTHubLinks and ProvisioningServices, and their change notifications.
     pub caches: cache::Caches,
-    /// Last counts of Devices per link and DeviceRegistrations per group.
-    pub counts: Counts,
+    /// Devices per link and DeviceRegistrations per group, from metadata watches.
+    pub counts: counts::Counts,
     ready: Mutex<HashMap<&'static str, HashSet<String>>>,
 }
 
@@ -142,6 +145,7 @@ impl Context {
         instance: String,
         caches: cache::Caches,
     ) -> Self {
+        let count_interval = settings.count_interval;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -157,7 +161,11 @@ impl Context {
             backoff: Backoff::default(),
             ca_lock: tokio::sync::Mutex::new(()),
             caches,
-            counts: Counts::default(),
+            counts: counts::Counts::new(
+                kdps_api::v1alpha1::LABEL_HUB_LINK,
+                kdps_api::v1alpha1::LABEL_ENROLLMENT,
+                count_interval,
+            ),
             ready: Mutex::default(),
         }
     }
@@ -545,64 +553,6 @@ pub enum NamespaceState {
     Missing,
 }
 
-/// Count objects matching `selector` with paged metadata-only lists (never a full list).
-/// The last counts of labelled objects (a link's Devices, a group's DeviceRegistrations), so
-/// that the reconcile each of the operator's own status writes triggers reuses a recent count
-/// instead of listing every Device again. Without it, a registration burst made every new
-/// device cost a full list of its namespace (found by the 100k-device benchmark).
-#[derive(Debug, Default)]
-pub struct Counts(Mutex<HashMap<String, (std::time::Instant, i64)>>);
-
-impl Counts {
-    /// How old a count may be before it is taken again.
-    pub const MAX_AGE: Duration = Duration::from_secs(60);
-    /// Entries kept at most (objects are few; this only bounds deleted objects' leftovers).
-    const MAX_ENTRIES: usize = 10_000;
-
-    /// The count of `api` objects matching `selector`, remembered under `key`.
-    pub async fn get<K>(&self, key: &str, api: &Api<K>, selector: &str) -> Result<i64, kube::Error>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-    {
-        let fresh = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < Self::MAX_AGE)
-            .map(|(_, n)| *n);
-        if let Some(n) = fresh {
-            return Ok(n);
-        }
-        let n = count(api, selector).await?;
-        let mut all = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all.len() >= Self::MAX_ENTRIES {
-            all.clear();
-        }
-        all.insert(key.to_owned(), (std::time::Instant::now(), n));
-        Ok(n)
-    }
-}
-
-pub(crate) async fn count<K>(api: &Api<K>, selector: &str) -> Result<i64, kube::Error>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    let mut total: i64 = 0;
-    let mut lp = ListParams::default().labels(selector).limit(500);
-    loop {
-        let page = api.list_metadata(&lp).await?;
-        total = total.saturating_add(i64::try_from(page.items.len()).unwrap_or(i64::MAX));
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => return Ok(total),
-        }
-    }
-}
-
 /// Labels on every object the operator makes for a ProvisioningService.
 pub fn common_labels(
     service_name: &str,
@@ -683,6 +633,7 @@ mod tests {
                 registration_image: "img".into(),
                 registration_image_pull_policy: "IfNotPresent".into(),
                 concurrency: 1,
+                count_interval: Duration::from_secs(60),
             },
             Arc::new(Metrics::new()),
             "test".into(),

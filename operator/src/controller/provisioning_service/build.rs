@@ -543,6 +543,7 @@ mod tests {
             registration_image: "ghcr.io/kdps-io/kdps-registration:0.1.0".into(),
             registration_image_pull_policy: "IfNotPresent".into(),
             concurrency: 4,
+            count_interval: std::time::Duration::from_secs(60),
         }
     }
 
