@@ -7,7 +7,6 @@
 //! write order requires), so "operations per second" compares directly with registrations
 //! per second. The same call pre-creates the devices of the 100k-device scale row.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,8 +18,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 
 use crate::error::BenchError;
-use crate::procfs;
-use crate::stats::{Latency, ServerFigures, Summary};
+use crate::stats::{Row, RowKind, Summary};
 
 /// Settings of one raw-create row.
 #[derive(Clone, Debug)]
@@ -93,10 +91,7 @@ pub async fn raw_create(config: CreateConfig) -> Result<Summary, BenchError> {
         .await
         .map_err(|e| BenchError::Kube(format!("no Kubernetes client (set KUBECONFIG): {e}")))?;
     let next = Arc::new(AtomicUsize::new(0));
-    let loadavg_start = procfs::loadavg_1m();
-    let server_before = config.server_pid.and_then(procfs::sample);
-    let client_before = procfs::sample_self();
-    let started = Instant::now();
+    let row = Row::start(config.server_pid);
     let tasks: Vec<_> = (0..config.concurrency.max(1))
         .map(|_| {
             let client = client.clone();
@@ -122,59 +117,17 @@ pub async fn raw_create(config: CreateConfig) -> Result<Summary, BenchError> {
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut attempted = 0u64;
+    let mut outcomes = Vec::with_capacity(config.devices);
     for t in tasks {
-        let results = t.await.map_err(|e| BenchError::Kube(e.to_string()))?;
-        for r in results {
-            attempted += 1;
-            match r {
-                Ok(d) => latencies.push(d),
-                Err(kind) => *errors.entry(kind).or_default() += 1,
-            }
-        }
+        outcomes.extend(t.await.map_err(|e| BenchError::Kube(e.to_string()))?);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let ok = latencies.len() as u64;
-    let per_op = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
-    let server = match (
-        config.server_pid,
-        server_before,
-        config.server_pid.and_then(procfs::sample),
-    ) {
-        (Some(pid), Some(b), Some(a)) => Some(ServerFigures {
-            pid,
-            peak_rss_mib: a.vm_hwm_kib as f64 / 1024.0,
-            rss_mib: a.vm_rss_kib as f64 / 1024.0,
-            cpu_seconds: a.cpu_seconds - b.cpu_seconds,
-            cpu_us_per_op: per_op(a.cpu_seconds - b.cpu_seconds),
-        }),
-        _ => None,
-    };
-    let client_cpu = match (client_before, procfs::sample_self()) {
-        (Some(b), Some(a)) => per_op(a.cpu_seconds - b.cpu_seconds),
-        _ => 0.0,
-    };
-    Ok(Summary {
-        label: config.label,
-        operation: "create Secret+Device+DeviceRegistration".to_owned(),
-        protocol: "kube-api".to_owned(),
-        attempted,
-        ok,
-        errors,
-        concurrency: config.concurrency,
-        elapsed_seconds: elapsed,
-        throughput: if elapsed > 0.0 {
-            ok as f64 / elapsed
-        } else {
-            0.0
+    row.finish(
+        RowKind {
+            label: config.label,
+            operation: "create Secret+Device+DeviceRegistration".to_owned(),
+            protocol: "kube-api".to_owned(),
+            concurrency: config.concurrency,
         },
-        latency_ms: Latency::of(&mut latencies),
-        server,
-        client_cpu_us_per_op: client_cpu,
-        loadavg_start,
-        loadavg_end: procfs::loadavg_1m(),
-        extra: BTreeMap::new(),
-    })
+        outcomes,
+    )
 }

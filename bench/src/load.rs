@@ -9,7 +9,6 @@
 //! connection, the handshake and every request of the registration); the device's credential
 //! is prepared before the clock starts.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +19,7 @@ use kdps_device::x509::X509Identity;
 
 use crate::error::BenchError;
 use crate::fixtures::DeviceCa;
-use crate::procfs;
-use crate::stats::{Latency, ServerFigures, Summary};
+use crate::stats::{Row, RowKind, Summary};
 use crate::tls::ClientIdentity;
 use crate::tpm::SoftTpmDevice;
 
@@ -271,63 +269,15 @@ pub async fn run(config: LoadConfig, workload: Workload) -> Result<Summary, Benc
         phase(&shared, config.warmup, true).await;
     }
 
-    let loadavg_start = procfs::loadavg_1m();
-    let server_before = config.server_pid.and_then(procfs::sample);
-    let client_before = procfs::sample_self();
-    let started = Instant::now();
+    let row = Row::start(config.server_pid);
     let results = phase(&shared, config.devices, false).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let client_after = procfs::sample_self();
-    let server_after = config.server_pid.and_then(procfs::sample);
-
-    let mut latencies = Vec::with_capacity(results.len());
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &results {
-        match r {
-            Ok(d) => latencies.push(*d),
-            Err(kind) => *errors.entry((*kind).to_owned()).or_default() += 1,
-        }
-    }
-    let ok = latencies.len() as u64;
-    let per_op = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
-    let server = match (config.server_pid, server_before, server_after) {
-        (Some(pid), Some(before), Some(after)) => Some(ServerFigures {
-            pid,
-            peak_rss_mib: after.vm_hwm_kib as f64 / 1024.0,
-            rss_mib: after.vm_rss_kib as f64 / 1024.0,
-            cpu_seconds: after.cpu_seconds - before.cpu_seconds,
-            cpu_us_per_op: per_op(after.cpu_seconds - before.cpu_seconds),
-        }),
-        (Some(pid), _, _) => {
-            return Err(BenchError::Config(format!(
-                "the server process {pid} is gone (crashed?)"
-            )));
-        }
-        _ => None,
-    };
-    let client_cpu = match (client_before, client_after) {
-        (Some(b), Some(a)) => per_op(a.cpu_seconds - b.cpu_seconds),
-        _ => 0.0,
-    };
-    Ok(Summary {
-        label: config.label,
-        operation,
-        protocol: protocol.to_owned(),
-        attempted: results.len() as u64,
-        ok,
-        errors,
-        concurrency: config.concurrency,
-        elapsed_seconds: elapsed,
-        throughput: if elapsed > 0.0 {
-            ok as f64 / elapsed
-        } else {
-            0.0
+    row.finish(
+        RowKind {
+            label: config.label,
+            operation,
+            protocol: protocol.to_owned(),
+            concurrency: config.concurrency,
         },
-        latency_ms: Latency::of(&mut latencies),
-        server,
-        client_cpu_us_per_op: client_cpu,
-        loadavg_start,
-        loadavg_end: procfs::loadavg_1m(),
-        extra: BTreeMap::new(),
-    })
+        results.into_iter().map(|r| r.map_err(str::to_owned)),
+    )
 }

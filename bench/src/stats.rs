@@ -1,9 +1,12 @@
 //! Latency percentiles and the summary of one benchmark row.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::BenchError;
+use crate::procfs::{self, ProcSample};
 
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -132,6 +135,107 @@ impl Summary {
             l0 = self.loadavg_start,
             l1 = self.loadavg_end,
         )
+    }
+}
+
+/// The measured phase of one row: samples the server, this process and the load average when
+/// it starts, and turns the operations' outcomes into a [`Summary`] when it ends.
+#[derive(Debug)]
+pub struct Row {
+    server_pid: Option<u32>,
+    server_before: Option<ProcSample>,
+    client_before: Option<ProcSample>,
+    loadavg_start: f64,
+    started: Instant,
+}
+
+/// What a row was, for its [`Summary`].
+#[derive(Debug)]
+pub struct RowKind {
+    /// Row name.
+    pub label: String,
+    /// What each operation was.
+    pub operation: String,
+    /// Protocol of the operations.
+    pub protocol: String,
+    /// Operations in flight at once.
+    pub concurrency: usize,
+}
+
+impl Row {
+    /// Starts the measured phase; `server_pid` is sampled as the server.
+    pub fn start(server_pid: Option<u32>) -> Row {
+        Row {
+            server_pid,
+            server_before: server_pid.and_then(procfs::sample),
+            client_before: procfs::sample_self(),
+            loadavg_start: procfs::loadavg_1m(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the phase with each operation's latency or error kind. Fails when the server
+    /// process is gone.
+    pub fn finish(
+        self,
+        kind: RowKind,
+        outcomes: impl IntoIterator<Item = Result<Duration, String>>,
+    ) -> Result<Summary, BenchError> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let client_after = procfs::sample_self();
+        let server_after = self.server_pid.and_then(procfs::sample);
+        let mut latencies = Vec::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut attempted = 0u64;
+        for outcome in outcomes {
+            attempted += 1;
+            match outcome {
+                Ok(d) => latencies.push(d),
+                Err(kind) => *errors.entry(kind).or_default() += 1,
+            }
+        }
+        let ok = latencies.len() as u64;
+        let per_op = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
+        let server = match (self.server_pid, self.server_before, server_after) {
+            (Some(pid), Some(before), Some(after)) => Some(ServerFigures {
+                pid,
+                peak_rss_mib: after.vm_hwm_kib as f64 / 1024.0,
+                rss_mib: after.vm_rss_kib as f64 / 1024.0,
+                cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+                cpu_us_per_op: per_op(after.cpu_seconds - before.cpu_seconds),
+            }),
+            (Some(pid), _, _) => {
+                return Err(BenchError::Config(format!(
+                    "the server process {pid} is gone (crashed?)"
+                )));
+            }
+            _ => None,
+        };
+        let client_cpu = match (self.client_before, client_after) {
+            (Some(b), Some(a)) => per_op(a.cpu_seconds - b.cpu_seconds),
+            _ => 0.0,
+        };
+        Ok(Summary {
+            label: kind.label,
+            operation: kind.operation,
+            protocol: kind.protocol,
+            attempted,
+            ok,
+            errors,
+            concurrency: kind.concurrency,
+            elapsed_seconds: elapsed,
+            throughput: if elapsed > 0.0 {
+                ok as f64 / elapsed
+            } else {
+                0.0
+            },
+            latency_ms: Latency::of(&mut latencies),
+            server,
+            client_cpu_us_per_op: client_cpu,
+            loadavg_start: self.loadavg_start,
+            loadavg_end: procfs::loadavg_1m(),
+            extra: BTreeMap::new(),
+        })
     }
 }
 
