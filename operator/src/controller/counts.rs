@@ -164,7 +164,7 @@ impl Tally {
                 () = shutdown.cancelled() => return,
                 event = events.next() => match event {
                     Some(Ok(event)) => self.observe(event),
-                    Some(Err(e)) => tracing::debug!(label = self.label, error = %e, "count watch"),
+                    Some(Err(e)) => tracing::warn!(label = self.label, error = %e, "count watch failed; retrying"),
                     None => return,
                 },
             }
@@ -173,7 +173,7 @@ impl Tally {
 }
 
 /// How soon to look again while a tally has not listed yet.
-const NOT_READY_RECHECK: Duration = Duration::from_secs(2);
+const NOT_READY_RECHECK: Duration = Duration::from_secs(10);
 
 /// What [`Counts::publish`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

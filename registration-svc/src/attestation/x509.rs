@@ -405,7 +405,7 @@ fn verify_path(
         return Ok(());
     }
 
-    // Signature checks are the expensive part of a registration (profiled: two per link when
+    // Signature checks are the expensive part of X.509 attestation (profiled: two per link when
     // both the link checks and webpki verified them). webpki verifies every signature on the
     // path (plus name constraints and encoding rules); the link checks then add our own rules
     // without verifying signatures again. When webpki refuses the path, the link checks run
