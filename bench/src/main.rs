@@ -119,15 +119,9 @@ enum Command {
         /// Registration IDs are PREFIX-NNNNNNNN.
         #[arg(long)]
         prefix: String,
-        /// PID of kube-apiserver (sampled as the server).
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Other processes to sample, NAME=PID (e.g. etcd=123, operator=456).
-        #[arg(long = "watch-pid", value_parser = parse_watch)]
-        watch: Vec<(String, u32)>,
-        /// Append the summary (JSON) to this file.
-        #[arg(long)]
-        results: Option<PathBuf>,
+        /// kube-apiserver is the server; etcd and the operator are other processes to sample.
+        #[command(flatten)]
+        sampling: Sampling,
     },
     /// Record the current and peak RSS of processes (e.g. operator and service after the
     /// 100k-device rows) and their sum.
@@ -226,6 +220,13 @@ struct LoadArgs {
     /// Seconds allowed for one call.
     #[arg(long, default_value_t = 60)]
     timeout_secs: u64,
+    #[command(flatten)]
+    sampling: Sampling,
+}
+
+/// The processes sampled around a row, and where its summary goes.
+#[derive(Debug, clap::Args)]
+struct Sampling {
     /// Server PID to sample (peak RSS from /proc/PID/status VmHWM, CPU time).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -406,22 +407,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             devices,
             concurrency,
             prefix,
-            server_pid,
-            watch,
-            results,
+            sampling,
         } => {
-            let watch = Watch::start(&watch);
+            let watch = Watch::start(&sampling.watch);
             let mut summary = kdps_bench::kube::raw_create(kdps_bench::kube::CreateConfig {
                 label,
                 namespace,
                 devices,
                 concurrency,
                 prefix,
-                server_pid,
+                server_pid: sampling.server_pid,
             })
             .await?;
             watch.finish(&mut summary);
-            emit(&summary, results.as_deref())
+            emit(&summary, sampling.results.as_deref())
         }
         Command::Rss {
             label,
@@ -544,16 +543,16 @@ fn load_config(args: &LoadArgs, devices: usize, warmup: usize, prefix: String) -
         },
         prefix,
         timeout: Duration::from_secs(args.timeout_secs),
-        server_pid: args.server_pid,
+        server_pid: args.sampling.server_pid,
     }
 }
 
 async fn finish_load(args: &LoadArgs, workload: Workload, warmup: usize) -> anyhow::Result<()> {
     let config = load_config(args, args.devices, warmup, args.prefix.clone());
-    let watch = Watch::start(&args.watch);
+    let watch = Watch::start(&args.sampling.watch);
     let mut summary = load::run(config, workload).await?;
     watch.finish(&mut summary);
-    emit(&summary, args.results.as_deref())
+    emit(&summary, args.sampling.results.as_deref())
 }
 
 /// Prints a row (one line on stderr, JSON on stdout), appends it to the results file, and
