@@ -5,31 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use kdps_registration::registry::embedded::{DEFAULT_FILE_NAME, EmbeddedOptions, EmbeddedRegistry};
-use kdps_registration::registry::sample::symmetric_key_write;
+use kdps_registration::registry::sample::{group_member as write_for, hub};
 use kdps_registration::registry::{
-    AttestationType, DeviceAuthentication, DeviceRef, EnrollmentKind, EnrollmentRef, HubAssignment,
-    IdentityWrite, LastError, RegistrationRecord, RegistrationStatus, Registry, RegistryError,
-    device_secret_name,
+    AttestationType, DeviceAuthentication, DeviceRef, EnrollmentKind, EnrollmentRef, IdentityWrite,
+    LastError, RegistrationRecord, RegistrationStatus, Registry, RegistryError, device_secret_name,
 };
-
-fn hub(ns: &str) -> HubAssignment {
-    HubAssignment {
-        host_name: format!("{ns}.example.com"),
-        link_name: format!("link-{ns}"),
-        device_namespace: ns.into(),
-    }
-}
-
-/// A complete symmetric-key identity write for `registration_id` on the hub of namespace `ns`.
-fn write_for(registration_id: &str, ns: &str, expected_etag: Option<String>) -> IdentityWrite {
-    symmetric_key_write(
-        registration_id,
-        "sensors",
-        hub(ns),
-        (vec![1; 32], vec![2; 32]),
-        expected_etag,
-    )
-}
 
 fn open(dir: &tempfile::TempDir) -> EmbeddedRegistry {
     EmbeddedRegistry::open(dir.path().join(DEFAULT_FILE_NAME)).unwrap()

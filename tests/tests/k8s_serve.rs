@@ -22,10 +22,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kdps_device::client::Credential;
 use kdps_registration::kube::KubeRegistry;
-use kdps_registration::registry::sample::symmetric_key_write;
+use kdps_registration::registry::sample::{group_member as write_for, hub};
 use kdps_registration::registry::{
-    AttestationType, DeviceRef, EnrollmentKind, EnrollmentRef, HubAssignment, IdentityWrite,
-    LastError, RegistrationRecord, RegistrationStatus, Registry, RegistryError, device_secret_name,
+    AttestationType, DeviceRef, EnrollmentKind, EnrollmentRef, IdentityWrite, LastError,
+    RegistrationRecord, RegistrationStatus, Registry, RegistryError, device_secret_name,
 };
 use kdps_tests::k8s::{Serve, ServiceIdentity, TempNs, client_for, cluster};
 use kdps_tests::pki::{Ca, Leaf, indent};
@@ -901,25 +901,6 @@ spec:
 // ---------------------------------------------------------------------------------------------
 // The registry contract against the apiserver (as registration-svc/tests/registry_embedded.rs
 // checks it for the embedded backend, where it applies).
-
-fn hub(ns: &str) -> HubAssignment {
-    HubAssignment {
-        host_name: format!("{ns}.example.com"),
-        link_name: format!("link-{ns}"),
-        device_namespace: ns.into(),
-    }
-}
-
-/// A complete symmetric-key identity write for `registration_id` on the hub of namespace `ns`.
-fn write_for(registration_id: &str, ns: &str, expected_etag: Option<String>) -> IdentityWrite {
-    symmetric_key_write(
-        registration_id,
-        "sensors",
-        hub(ns),
-        (vec![1; 32], vec![2; 32]),
-        expected_etag,
-    )
-}
 
 /// Two hub namespaces, the service's RBAC and a registry acting as the service.
 struct RegistryEnv {

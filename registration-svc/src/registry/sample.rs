@@ -64,18 +64,39 @@ pub fn symmetric_key_write(
     }
 }
 
+/// The hub of device namespace `namespace` in the samples: host `<namespace>.example.com`,
+/// link `link-<namespace>`.
+pub fn hub(namespace: &str) -> HubAssignment {
+    HubAssignment {
+        host_name: format!("{namespace}.example.com"),
+        link_name: format!("link-{namespace}"),
+        device_namespace: namespace.into(),
+    }
+}
+
+/// [`symmetric_key_write`] for a member of group `sensors` on [`hub`]`(namespace)`, with the
+/// keys `[1; 32]` / `[2; 32]`: the write the registry contract tests of both backends use.
+pub fn group_member(
+    registration_id: &str,
+    namespace: &str,
+    expected_etag: Option<String>,
+) -> IdentityWrite {
+    symmetric_key_write(
+        registration_id,
+        "sensors",
+        hub(namespace),
+        (vec![1; 32], vec![2; 32]),
+        expected_etag,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_sample_is_a_valid_write() {
-        let hub = HubAssignment {
-            host_name: "a.example.com".into(),
-            link_name: "a".into(),
-            device_namespace: "hub-a".into(),
-        };
-        let w = symmetric_key_write("Dev-1", "sensors", hub, (vec![1; 32], vec![2; 32]), None);
+        let w = group_member("Dev-1", "hub-a", None);
         w.validate().expect("consistent");
         assert_eq!(w.device.device_id, "dev-1");
     }
